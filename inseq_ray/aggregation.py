@@ -1,0 +1,100 @@
+"""Aggregation functions (pure) and the default per-token aggregation of attributions.
+
+An attribution tensor is ``(tokens, steps, *extra)``. ``extra`` is ``(hidden,)`` for gradient
+methods, ``(layers, heads)`` for attention, ``()`` once aggregated. Aggregation reduces ``extra``
+from the last dimension inwards, then optionally normalises each step so that its source and
+target scores together sum to 1 (Inseq's "L2 + Normalize" default) or rescales by the max |score|.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from inseq_ray.registry import lookup, register
+
+AggregationFunction = Callable[..., torch.Tensor]  # fn(x, dim, **kw) -> x reduced over dim
+
+
+def vnorm(x: torch.Tensor, dim: int, ord: float = 2) -> torch.Tensor:  # noqa: A002 - torch's name
+    """Vector norm over ``dim`` (L2 by default)."""
+    return torch.linalg.vector_norm(x, ord=ord, dim=dim)
+
+
+def absmax(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The value of largest magnitude over ``dim``, sign kept."""
+    idx = x.abs().nan_to_num(nan=-1.0).argmax(dim=dim, keepdim=True)
+    return x.gather(dim, idx).squeeze(dim)
+
+
+AGGREGATION_FUNCTIONS: dict[str, AggregationFunction] = {
+    "vnorm": vnorm,
+    "sum": lambda x, dim: x.sum(dim),
+    "mean": lambda x, dim: x.mean(dim),
+    "max": lambda x, dim: x.amax(dim),
+    "min": lambda x, dim: x.amin(dim),
+    "prod": lambda x, dim: x.prod(dim),
+    "absmax": absmax,
+}
+
+DEFAULT_AGGREGATION: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("hidden",): ("vnorm",),
+    ("layers", "heads"): ("mean", "mean"),
+    ("layers",): ("mean",),
+    (): (),
+}
+
+
+def register_aggregation_function(fn: AggregationFunction, identifier: str, overwrite: bool = False) -> None:
+    """Register ``fn(x, dim) -> Tensor`` under ``identifier``."""
+    register(AGGREGATION_FUNCTIONS, identifier, fn, "aggregation function", overwrite)
+
+
+def list_aggregation_functions() -> list[str]:
+    return sorted(AGGREGATION_FUNCTIONS)
+
+
+def resolve_functions(
+    aggregate_fn: str | AggregationFunction | Sequence[str | AggregationFunction] | None,
+    dims: tuple[str, ...],
+) -> list[AggregationFunction]:
+    """One function per extra dimension, applied last dimension first."""
+    if aggregate_fn is None:
+        names: Sequence = DEFAULT_AGGREGATION.get(tuple(dims), ("mean",) * len(dims))
+    elif isinstance(aggregate_fn, str) or callable(aggregate_fn):
+        names = [aggregate_fn] * len(dims)
+    else:
+        names = list(aggregate_fn)
+    if len(names) != len(dims):
+        raise ValueError(f"{len(names)} aggregation functions given for {len(dims)} dimensions {dims}.")
+    return [fn if callable(fn) else lookup(AGGREGATION_FUNCTIONS, fn, "aggregation function") for fn in names]
+
+
+def reduce_extra(x: torch.Tensor | None, fns: list[AggregationFunction], **kwargs) -> torch.Tensor | None:
+    """(tokens, steps, *extra) -> (tokens, steps): apply fns over the last dimension, repeatedly."""
+    if x is None:
+        return None
+    for fn in fns:
+        x = fn(x, dim=-1, **kwargs) if kwargs else fn(x, dim=-1)
+    return x
+
+
+def normalize_steps(
+    source: torch.Tensor | None, target: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Divide each step column by the sum of |scores| over source and target tokens (NaN kept)."""
+    parts = [p for p in (source, target) if p is not None]
+    total = sum(p.abs().nansum(dim=0) for p in parts)  # (steps,)
+    total = torch.where(total == 0, torch.ones_like(total), total)
+    return tuple(None if p is None else p / total for p in (source, target))  # type: ignore[return-value]
+
+
+def rescale(
+    source: torch.Tensor | None, target: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Divide every score by the largest |score| of the sequence (NaN kept)."""
+    parts = [p for p in (source, target) if p is not None]
+    peak = max(float(p.abs().nan_to_num().max()) for p in parts) if parts else 1.0
+    peak = peak or 1.0
+    return tuple(None if p is None else p / peak for p in (source, target))  # type: ignore[return-value]

@@ -1,0 +1,193 @@
+"""The schedule: every generation step of a batch from one teacher-forced forward pass.
+
+For a batch of B sequences and T attributed steps, :class:`MethodContext.run` does one forward
+pass over (R x B) rows (R = interpolation points, samples, or input/baseline halves), gathers the
+T state rows that predict targets, pushes only those rows through the LM head and the attributed
+function, and takes T vector-Jacobian products back to the attributed input embeddings. Causal
+masking makes step t's gradient exactly the per-step definition's (the prefix-only forward Inseq
+runs for every step). Everything stays on the device until the caller copies the results out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from inseq_ray.models.adapter import ForwardInputs, ModelAdapter
+from inseq_ray.models.encoding import EncodedBatch
+from inseq_ray.step_scores import StepFunction, StepFunctionArgs
+
+HEAD_CHUNK_ELEMENTS = 2**26  # max logits materialised at once when pushing rows through the head
+
+Combine = Callable[[str, torch.Tensor], torch.Tensor]  # (name, grads (R*B, L, H)) -> (B, L, H)
+
+
+@dataclass
+class StepPlan:
+    """Which target each (sequence, step) cell predicts.
+
+    positions: (B, T) target positions (clamped to a valid index where the cell is empty).
+    valid: (B, T) whether the cell is a real step of that sequence.
+    target_ids: (B, T) the predicted token ids.
+    """
+
+    positions: torch.Tensor
+    valid: torch.Tensor
+    target_ids: torch.Tensor
+
+    @classmethod
+    def from_batch(cls, batch: EncodedBatch) -> StepPlan:
+        n_steps = batch.n_steps  # (B,)
+        offsets = torch.arange(int(n_steps.max()), device=n_steps.device)  # (T,)
+        valid = offsets[None, :] < n_steps[:, None]  # (B, T)
+        positions = torch.where(valid, batch.attr_start[:, None] + offsets[None, :], batch.attr_start[:, None])
+        target_ids = batch.target_ids.gather(1, positions)
+        return cls(positions, valid, target_ids)
+
+    def repeat(self, r: int) -> StepPlan:
+        return StepPlan(self.positions.repeat(r, 1), self.valid.repeat(r, 1), self.target_ids.repeat(r, 1))
+
+
+@dataclass
+class MethodResult:
+    """attributions: name ("source"/"target") -> (T, B, L, *extra) float32 on the device."""
+
+    attributions: dict[str, torch.Tensor]
+    step_scores: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B, T)
+
+
+class MethodContext:
+    """What an attribution method sees of a batch: inputs, baselines, and a forward+VJP runner."""
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        batch: EncodedBatch,
+        attributed: tuple[str, ...],
+        attributed_fn: StepFunction,
+        fn_kwargs: dict,
+        baseline_ids: dict[str, torch.Tensor],
+        vjp: str = "loop",
+    ) -> None:
+        self.adapter, self.batch, self.attributed = adapter, batch, attributed
+        self.fn, self.fn_kwargs, self.vjp = attributed_fn, fn_kwargs, vjp
+        self.plan = StepPlan.from_batch(batch)
+        with torch.no_grad():
+            self.embeds = self._embed(batch.source_ids, batch.target_ids)  # name -> (B, L, H)
+            self.baselines = self._embed(baseline_ids.get("source"), baseline_ids["target"])
+        self._input_rows: torch.Tensor | None = None  # (B, T, H) state rows at the real input
+
+    def attributed_embeds(self) -> dict[str, torch.Tensor]:
+        """name -> (B, L, H) embeddings of the attributed inputs."""
+        return {k: self.embeds[k] for k in self.attributed}
+
+    @property
+    def n_steps(self) -> int:
+        return self.plan.positions.shape[1]
+
+    def _embed(self, source_ids: torch.Tensor | None, target_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {"target": self.adapter.embed_target(target_ids)}
+        if source_ids is not None:
+            out["source"] = self.adapter.embed_source(source_ids)
+        return out
+
+    def forward_inputs(self, embeds: dict[str, torch.Tensor], r: int) -> ForwardInputs:
+        """Forward inputs for R stacked copies; missing names take the (repeated) real embeddings."""
+
+        def pick(name: str) -> torch.Tensor | None:
+            if name in embeds:
+                return embeds[name]
+            return self.embeds[name].repeat(r, 1, 1) if name in self.embeds else None
+
+        b = self.batch
+        return ForwardInputs(
+            target_embeds=pick("target"),
+            target_mask=b.target_mask.repeat(r, 1),
+            source_embeds=pick("source"),
+            source_mask=None if b.source_mask is None else b.source_mask.repeat(r, 1),
+        )
+
+    # ---- the one forward + per-step VJPs -----------------------------------------------------
+    def run(self, embeds: dict[str, torch.Tensor], r: int, combine: Combine, at_input: bool = False) -> dict:
+        """Forward (R*B rows) once; return name -> (T, B, L, H) of ``combine``d per-step gradients.
+
+        ``embeds`` maps each attributed name to (R*B, L, H) leaf tensors. ``at_input`` marks that the
+        first B rows are the real inputs, so their state rows can serve the step scores.
+        """
+        leaves = {k: v.detach().requires_grad_(True) for k, v in embeds.items()}
+        with torch.enable_grad():
+            states = self.adapter.states(self.forward_inputs(leaves, r))  # (RB, L, H)
+            plan = self.plan.repeat(r)
+            rows = gather_rows(states, plan.positions - 1)  # (RB, T, H)
+            if at_input:
+                self._input_rows = rows[: self.batch.size].detach()
+            row_cot = self._row_cotangents(rows.detach(), plan)  # (RB, T, H)
+            names = list(leaves)
+            grads = self._vjps(states, [leaves[n] for n in names], plan, row_cot)
+        return {n: torch.stack([combine(n, g[i].float()) for g in grads]) for i, n in enumerate(names)}
+
+    def _row_cotangents(self, rows: torch.Tensor, plan: StepPlan) -> torch.Tensor:
+        """d f / d row for every (row, step): one backward through the head, chunked over rows."""
+        flat = rows.flatten(0, 1)  # (RB*T, H)
+        tgt, valid = plan.target_ids.flatten(), plan.valid.flatten()
+        chunk = max(1, HEAD_CHUNK_ELEMENTS // max(1, self.vocab_size))
+        out = torch.zeros_like(flat, dtype=torch.float32)
+        for s in range(0, flat.shape[0], chunk):
+            leaf = flat[s : s + chunk].detach().requires_grad_(True)
+            f = self.fn(StepFunctionArgs(self.adapter.head(leaf), tgt[s : s + chunk]), **self.fn_kwargs)
+            f = torch.where(valid[s : s + chunk], f, torch.zeros_like(f))
+            (out[s : s + chunk],) = torch.autograd.grad(f.sum(), leaf)
+        return out.view_as(rows).to(rows.dtype)
+
+    def _vjps(self, states, leaves, plan, row_cot) -> list[tuple[torch.Tensor, ...]]:
+        """T VJPs from the state rows back to the leaves: a loop, or one vmapped call."""
+        t_steps = self.n_steps
+        idx = torch.arange(states.shape[0], device=states.device)
+        pos = (plan.positions - 1).clamp(min=0)  # (RB, T)
+        if self.vjp == "batched":
+            cot = states.new_zeros((t_steps, *states.shape))  # (T, RB, L, H)
+            for t in range(t_steps):
+                cot[t, idx, pos[:, t]] = row_cot[:, t]
+            grads = torch.autograd.grad(states, leaves, cot, is_grads_batched=True)
+            return [tuple(g[t] for g in grads) for t in range(t_steps)]
+        out = []
+        for t in range(t_steps):
+            cot = torch.zeros_like(states)
+            cot[idx, pos[:, t]] = row_cot[:, t]
+            out.append(torch.autograd.grad(states, leaves, cot, retain_graph=t < t_steps - 1))
+        return out
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.adapter.model.config.get_text_config().vocab_size)
+
+    # ---- values of step functions --------------------------------------------------------------
+    @torch.no_grad()
+    def input_rows(self) -> torch.Tensor:
+        """(B, T, H) state rows at the real inputs (reused from a gradient pass when possible)."""
+        if self._input_rows is None:
+            states = self.adapter.states(self.forward_inputs({}, 1))
+            self._input_rows = gather_rows(states, self.plan.positions - 1)
+        return self._input_rows
+
+    @torch.no_grad()
+    def step_values(self, fn: StepFunction, kwargs: dict, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) values of a step function (NaN in empty cells)."""
+        rows = self.input_rows() if rows is None else rows
+        logits = self.adapter.head(rows.flatten(0, 1))
+        values = fn(StepFunctionArgs(logits, self.plan.target_ids.flatten()), **kwargs).view(self.plan.valid.shape)
+        return torch.where(self.plan.valid, values.float(), torch.full_like(values.float(), float("nan")))
+
+    @torch.no_grad()
+    def attributed_values(self, embeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, T) attributed function at other inputs (e.g. the baseline), one no-grad forward."""
+        states = self.adapter.states(self.forward_inputs(embeds, 1))
+        return self.step_values(self.fn, self.fn_kwargs, gather_rows(states, self.plan.positions - 1))
+
+
+def gather_rows(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """states (N, L, H), positions (N, T) -> (N, T, H) rows at those positions (negatives -> 0)."""
+    pos = positions.clamp(min=0)
+    return states.gather(1, pos[..., None].expand(-1, -1, states.shape[-1]))

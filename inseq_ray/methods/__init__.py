@@ -1,0 +1,28 @@
+"""Registry of attribution methods: public id -> ``fn(ctx: MethodContext, **kwargs) -> MethodResult``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from inseq_ray.methods.gradient import deeplift, gradient_shap, input_x_gradient, integrated_gradients, saliency
+from inseq_ray.registry import lookup
+
+AttributionMethod = Callable[..., object]
+
+METHODS: dict[str, AttributionMethod] = {
+    "saliency": saliency,
+    "input_x_gradient": input_x_gradient,
+    "integrated_gradients": integrated_gradients,
+    "deeplift": deeplift,
+    "gradient_shap": gradient_shap,
+}
+
+
+def get_method(method_id: str) -> AttributionMethod:
+    """The method registered under ``method_id`` (error lists the valid ids)."""
+    return lookup(METHODS, method_id, "attribution method")
+
+
+def list_feature_attribution_methods() -> list[str]:
+    """Ids accepted by ``load_model(..., method)`` and ``attribute(method=...)``."""
+    return sorted(METHODS)

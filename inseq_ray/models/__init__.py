@@ -1,0 +1,1 @@
+"""Model loading, tokenisation and the model adapter (no knowledge of methods or storage)."""

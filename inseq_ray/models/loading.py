@@ -1,0 +1,93 @@
+"""Safe loading of Hugging Face models and tokenizers (safetensors first, no remote code)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """Map ``"bf16"``/``"float16"``/... to a torch dtype; ``None`` keeps the checkpoint's dtype."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}. Valid: {', '.join(sorted(_DTYPES))}.")
+    return _DTYPES[dtype]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` means CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_hf_model(
+    model: str | PreTrainedModel,
+    *,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    trust_remote_code: bool = False,
+    **model_kwargs: Any,
+) -> PreTrainedModel:
+    """Load ``model`` (hub id, local path or built model) as a seq2seq or causal LM in eval mode.
+
+    safetensors weights are required unless ``use_safetensors=False`` is passed explicitly, and
+    remote code runs only with ``trust_remote_code=True``.
+    """
+    if isinstance(model, PreTrainedModel):
+        hf_model = model
+        if dtype is not None:
+            hf_model = hf_model.to(dtype)
+    else:
+        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+        auto_cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        model_kwargs.setdefault("use_safetensors", True)
+        if dtype is not None:
+            model_kwargs["dtype"] = dtype
+        hf_model = auto_cls.from_pretrained(model, trust_remote_code=trust_remote_code, **model_kwargs)
+    if not getattr(hf_model, "hf_device_map", None):
+        hf_model = hf_model.to(device)
+    return hf_model.eval()
+
+
+def load_tokenizer(
+    model: str | PreTrainedModel,
+    tokenizer: str | PreTrainedTokenizerBase | None,
+    trust_remote_code: bool = False,
+) -> PreTrainedTokenizerBase:
+    """Load the tokenizer named by ``tokenizer`` or, by default, the one stored with ``model``."""
+    if isinstance(tokenizer, PreTrainedTokenizerBase):
+        return tokenizer
+    source = tokenizer if tokenizer is not None else model
+    if isinstance(source, PreTrainedModel):
+        source = source.config.name_or_path
+        if not source:
+            raise ValueError("A model object without a saved path needs tokenizer=... to be passed.")
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+
+def max_input_length(hf_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The longest sequence the model accepts, from its config (or a sane tokenizer limit)."""
+    cfg = hf_model.config
+    for name in ("max_position_embeddings", "n_positions", "max_source_positions"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and limit < 1_000_000 else None

@@ -1,0 +1,168 @@
+"""Result types: per-sequence attributions and the multi-sequence output (Inseq's data model).
+
+Shapes (n = attributed steps = ``attr_pos_end - attr_pos_start``):
+- ``source_attributions``: (len(source), n, *extra) or None (decoder-only models)
+- ``target_attributions``: (len(target), n, *extra) or None; NaN where a position is not yet generated
+- ``step_scores[name]``: (n,)
+``attribution_dims`` names ``extra``: ("hidden",), ("layers", "heads") or () once aggregated. It is
+saved with the output, so a reloaded output aggregates exactly like the original.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
+
+import torch
+
+from inseq_ray import aggregation as agg
+
+
+class TokenWithId(NamedTuple):
+    token: str
+    id: int
+
+
+@dataclass(eq=False)
+class FeatureAttributionSequenceOutput:
+    """Attributions of one sequence (see module docstring for shapes)."""
+
+    source: list[TokenWithId]
+    target: list[TokenWithId]
+    source_attributions: torch.Tensor | None
+    target_attributions: torch.Tensor | None
+    step_scores: dict[str, torch.Tensor]
+    attr_pos_start: int
+    attr_pos_end: int
+    attribution_dims: tuple[str, ...] = ("hidden",)
+    sequence_scores: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.attribution_dims = tuple(self.attribution_dims)
+        self.source = [TokenWithId(*t) for t in self.source]
+        self.target = [TokenWithId(*t) for t in self.target]
+        n = self.attr_pos_end - self.attr_pos_start
+        if not 0 <= self.attr_pos_start < self.attr_pos_end <= len(self.target):
+            raise ValueError(f"attr_pos {self.attr_pos_start}..{self.attr_pos_end} outside a {len(self.target)}-token target")
+        for name, tokens in (("source_attributions", self.source), ("target_attributions", self.target)):
+            t = getattr(self, name)
+            if t is not None and (tuple(t.shape[:2]) != (len(tokens), n) or t.dim() != 2 + len(self.attribution_dims)):
+                raise ValueError(
+                    f"{name} has shape {tuple(t.shape)}, expected ({len(tokens)}, {n}, *{self.attribution_dims})"
+                )
+        for name, s in self.step_scores.items():
+            if tuple(s.shape) != (n,):
+                raise ValueError(f"step score {name!r} has shape {tuple(s.shape)}, expected ({n},)")
+
+    @property
+    def n_steps(self) -> int:
+        return self.attr_pos_end - self.attr_pos_start
+
+    @property
+    def generated(self) -> list[TokenWithId]:
+        """The attributed (generated) target tokens, one per step."""
+        return self.target[self.attr_pos_start : self.attr_pos_end]
+
+    def aggregate(
+        self,
+        aggregate_fn: str | Sequence | None = None,
+        normalize: bool = True,
+        rescale: bool = False,
+        **fn_kwargs: Any,
+    ) -> FeatureAttributionSequenceOutput:
+        """Reduce ``extra`` dims to one score per (token, step); see :mod:`inseq_ray.aggregation`."""
+        if normalize and rescale:
+            raise ValueError("Only one of normalize and rescale can be True.")
+        fns = agg.resolve_functions(aggregate_fn, self.attribution_dims)
+        src = agg.reduce_extra(self.source_attributions, fns, **fn_kwargs)
+        tgt = agg.reduce_extra(self.target_attributions, fns, **fn_kwargs)
+        if fns and normalize:
+            src, tgt = agg.normalize_steps(src, tgt)
+        elif rescale:
+            src, tgt = agg.rescale(src, tgt)
+        return replace(self, source_attributions=src, target_attributions=tgt, attribution_dims=())
+
+    def get_scores_dict(self) -> dict[str, dict]:
+        """Nested dicts keyed by (index, token) that ``pandas.DataFrame`` turns into matrices."""
+        steps = [(self.attr_pos_start + i, tok.token) for i, tok in enumerate(self.generated)]
+        out: dict[str, dict] = {}
+        for name, tokens in (("source_attributions", self.source), ("target_attributions", self.target)):
+            t = getattr(self, name)
+            out[name] = {} if t is None else _matrix_dict(t, tokens, steps)
+        out["step_scores"] = {
+            key: {name: float(v[i]) for name, v in self.step_scores.items()} for i, key in enumerate(steps)
+        }
+        return out
+
+
+def _matrix_dict(t: torch.Tensor, rows: list[TokenWithId], cols: list[tuple[int, str]]) -> dict:
+    values = t.tolist()
+    return {col: {(i, tok.token): values[i][j] for i, tok in enumerate(rows)} for j, col in enumerate(cols)}
+
+
+@dataclass(eq=False)
+class FeatureAttributionOutput:
+    """Attributions of several sequences plus run ``info`` (method, model, arguments, timings)."""
+
+    sequence_attributions: list[FeatureAttributionSequenceOutput]
+    info: dict[str, Any] = field(default_factory=dict)
+    step_attributions: None = None
+
+    def __len__(self) -> int:
+        return len(self.sequence_attributions)
+
+    def __getitem__(self, i: int) -> FeatureAttributionSequenceOutput:
+        return self.sequence_attributions[i]
+
+    def __add__(self, other: FeatureAttributionOutput) -> FeatureAttributionOutput:
+        return merge_attributions([self, other])
+
+    def aggregate(self, aggregate_fn: str | Sequence | None = None, **kwargs: Any) -> FeatureAttributionOutput:
+        """Aggregate every sequence (default: L2 norm over hidden, then per-step normalisation)."""
+        seqs = [s.aggregate(aggregate_fn, **kwargs) for s in self.sequence_attributions]
+        return FeatureAttributionOutput(seqs, dict(self.info))
+
+    def get_scores_dicts(self, aggregate_fn=None, do_aggregation: bool = True, **kwargs: Any) -> list[dict]:
+        """Per sequence: ``source_attributions``, ``target_attributions``, ``step_scores`` dicts."""
+        out = self.aggregate(aggregate_fn, **kwargs) if do_aggregation else self
+        for seq in out.sequence_attributions:
+            if seq.attribution_dims:
+                raise ValueError("get_scores_dicts needs aggregated scores; call with do_aggregation=True.")
+        return [s.get_scores_dict() for s in out.sequence_attributions]
+
+    def save(self, path: str, **kwargs: Any) -> list[str]:
+        """Write JSON (see :func:`inseq_ray.serialization.save`); returns the paths written."""
+        from inseq_ray.serialization import save
+
+        return save(self, path, **kwargs)
+
+    @classmethod
+    def load(cls, path: str, **kwargs: Any) -> FeatureAttributionOutput:
+        """Read a file written by :meth:`save` (plain or gzipped; never imports code)."""
+        from inseq_ray.serialization import load
+
+        return load(path, **kwargs)
+
+    def show(self, **kwargs: Any):
+        """Render aggregated attributions (terminal table, notebook HTML, or ``return_html=True``)."""
+        from inseq_ray.viz import show
+
+        return show(self, **kwargs)
+
+
+MERGE_MATCH_FIELDS = ("attribute_target", "attribution_method", "model_name", "step_scores", "attributed_fn")
+
+
+def merge_attributions(outputs: Sequence[FeatureAttributionOutput]) -> FeatureAttributionOutput:
+    """Concatenate outputs of the same model/method; list-valued info fields are concatenated."""
+    first = outputs[0].info
+    for out in outputs[1:]:
+        for key in MERGE_MATCH_FIELDS:
+            if out.info.get(key) != first.get(key):
+                raise ValueError(f"Cannot merge outputs with different {key!r}: {first.get(key)!r} vs {out.info.get(key)!r}")
+    info = dict(first)
+    for key in ("input_texts", "generated_texts"):
+        info[key] = [t for out in outputs for t in out.info.get(key, [])]
+    seqs = [s for out in outputs for s in out.sequence_attributions]
+    return FeatureAttributionOutput(seqs, info)

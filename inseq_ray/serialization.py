@@ -1,0 +1,162 @@
+"""Save/load attribution outputs as JSON (optionally gzipped) through fsspec.
+
+Tensors are stored as ``{"dtype", "shape", "data": base64(little-endian bytes)}``; loading builds
+plain tensors and dataclasses and never imports anything named inside a file.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import math
+from typing import Any
+
+import fsspec
+import numpy as np
+import torch
+
+from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenceOutput
+
+FORMAT = "inseq_ray.feature_attribution"
+VERSION = 1
+PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+              "float8": torch.float8_e4m3fn}
+
+
+def encode_tensor(t: torch.Tensor | None, precision: str = "float32") -> dict | None:
+    """Tensor -> JSON-able dict at ``precision`` (NaN preserved)."""
+    if t is None:
+        return None
+    dtype = PRECISIONS[precision]
+    data = t.detach().to("cpu", dtype).contiguous()
+    raw = data.view(torch.uint8).numpy().tobytes() if data.numel() else b""
+    return {"dtype": precision, "shape": list(t.shape), "data": base64.b64encode(raw).decode("ascii")}
+
+
+def decode_tensor(d: dict | None) -> torch.Tensor | None:
+    """Inverse of :func:`encode_tensor`; always returns float32."""
+    if d is None:
+        return None
+    if d["dtype"] not in PRECISIONS:
+        raise ValueError(f"Unknown tensor dtype {d['dtype']!r} in file; valid: {', '.join(PRECISIONS)}.")
+    raw = np.frombuffer(base64.b64decode(d["data"]), dtype=np.uint8).copy()
+    t = torch.from_numpy(raw).view(PRECISIONS[d["dtype"]]) if raw.size else torch.empty(0, dtype=PRECISIONS[d["dtype"]])
+    return t.reshape(d["shape"]).float()
+
+
+def sequence_to_dict(seq: FeatureAttributionSequenceOutput, precision: str = "float32") -> dict:
+    return {
+        "source": [list(t) for t in seq.source],
+        "target": [list(t) for t in seq.target],
+        "source_attributions": encode_tensor(seq.source_attributions, precision),
+        "target_attributions": encode_tensor(seq.target_attributions, precision),
+        "step_scores": {k: encode_tensor(v, "float32") for k, v in seq.step_scores.items()},
+        "sequence_scores": {k: encode_tensor(v, precision) for k, v in seq.sequence_scores.items()},
+        "attr_pos_start": seq.attr_pos_start,
+        "attr_pos_end": seq.attr_pos_end,
+        "attribution_dims": list(seq.attribution_dims),
+    }
+
+
+def sequence_from_dict(d: dict) -> FeatureAttributionSequenceOutput:
+    return FeatureAttributionSequenceOutput(
+        source=[tuple(t) for t in d["source"]],
+        target=[tuple(t) for t in d["target"]],
+        source_attributions=decode_tensor(d["source_attributions"]),
+        target_attributions=decode_tensor(d["target_attributions"]),
+        step_scores={k: decode_tensor(v) for k, v in d["step_scores"].items()},
+        sequence_scores={k: decode_tensor(v) for k, v in d.get("sequence_scores", {}).items()},
+        attr_pos_start=int(d["attr_pos_start"]),
+        attr_pos_end=int(d["attr_pos_end"]),
+        attribution_dims=tuple(d.get("attribution_dims", ())),
+    )
+
+
+def jsonable(value: Any) -> Any:
+    """Info values -> JSON types (tuples become lists, objects their repr)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return getattr(value, "__name__", None) or repr(value)
+
+
+def output_to_dict(out: FeatureAttributionOutput, precision: str = "float32") -> dict:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "info": jsonable(out.info),
+        "sequence_attributions": [sequence_to_dict(s, precision) for s in out.sequence_attributions],
+    }
+
+
+def output_from_dict(d: dict) -> FeatureAttributionOutput:
+    if d.get("format") != FORMAT:
+        raise ValueError(f"Not an inseq_ray attribution file (format={d.get('format')!r}).")
+    if d.get("version", 0) > VERSION:
+        raise ValueError(f"File version {d['version']} is newer than this inseq_ray ({VERSION}); upgrade inseq_ray.")
+    return FeatureAttributionOutput([sequence_from_dict(s) for s in d["sequence_attributions"]], d.get("info", {}))
+
+
+def to_bytes(out: FeatureAttributionOutput, compress: bool, precision: str = "float32") -> bytes:
+    """Serialised (and optionally gzipped, deterministic) bytes of ``out``."""
+    text = json.dumps(output_to_dict(out, precision), separators=(",", ":"), sort_keys=True).encode()
+    return gzip.compress(text, compresslevel=6, mtime=0) if compress else text
+
+
+def from_bytes(raw: bytes) -> FeatureAttributionOutput:
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    return output_from_dict(json.loads(raw))
+
+
+def save(
+    out: FeatureAttributionOutput,
+    path: str,
+    overwrite: bool = False,
+    compress: bool = False,
+    split_sequences: bool = False,
+    scores_precision: str = "float32",
+) -> list[str]:
+    """Write ``out`` to ``path`` (any fsspec URL); with ``split_sequences``, ``<stem>_<i>.json[.gz]``."""
+    if scores_precision not in PRECISIONS:
+        raise ValueError(f"Unknown scores_precision {scores_precision!r}; valid: {', '.join(PRECISIONS)}.")
+    if split_sequences:
+        stem = str(path).split(".json")[0]
+        suffix = ".json.gz" if compress else ".json"
+        items = [
+            (f"{stem}_{i}{suffix}", FeatureAttributionOutput([seq], _info_for(out.info, i)))
+            for i, seq in enumerate(out.sequence_attributions)
+        ]
+    else:
+        items = [(str(path), out)]
+    for target, _ in items:
+        fs, fpath = fsspec.core.url_to_fs(target)
+        if fs.exists(fpath) and not overwrite:
+            raise FileExistsError(f"{target} exists; pass overwrite=True to replace it.")
+    for target, item in items:
+        with fsspec.open(target, "wb") as f:
+            f.write(to_bytes(item, compress, scores_precision))
+    return [t for t, _ in items]
+
+
+def _info_for(info: dict, i: int) -> dict:
+    """Info of sequence ``i`` alone: list-valued text fields keep only its entry."""
+    one = dict(info)
+    for key in ("input_texts", "generated_texts"):
+        if isinstance(info.get(key), list) and i < len(info[key]):
+            one[key] = [info[key][i]]
+    return one
+
+
+def load(path: str, decompress: bool | None = None) -> FeatureAttributionOutput:
+    """Read a saved output; gzip is detected from the content (``decompress`` is accepted for Inseq parity)."""
+    with fsspec.open(path, "rb") as f:
+        return from_bytes(f.read())

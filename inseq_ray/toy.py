@@ -1,0 +1,90 @@
+"""Tiny, deterministic, locally built models for tests, demos and benchmarks (no hub access).
+
+``build_tiny_model("gpt2", path)`` trains a BPE tokenizer on a synthetic corpus, builds a seeded
+random model from a transformers config and ``save_pretrained``s both, so callers exercise the
+real ``load_model`` path.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import BartConfig, BartForConditionalGeneration, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+WORDS = (
+    "the a one every some cat dog bird fish child teacher farmer doctor red blue green small big old young "
+    "happy sees eats likes finds takes holds reads writes house tree river book apple bread garden city "
+    "quickly slowly today here there and but with near under over"
+).split()
+
+
+def synthetic_sentences(n: int, seed: int = 0, min_words: int = 3, max_words: int = 12) -> list[str]:
+    """``n`` reproducible sentences of random words."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))) for _ in range(n)]
+
+
+def train_tokenizer(vocab_size: int = 500, bos_template: bool = False, eos_template: bool = False) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on the synthetic corpus."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(synthetic_sentences(2000, seed=1), trainer=trainer)
+    single = " ".join((["<s>"] if bos_template else []) + ["$A"] + (["</s>"] if eos_template else []))
+    ids = {t: tok.token_to_id(t) for t in SPECIALS}
+    tok.post_processor = processors.TemplateProcessing(
+        single=single, special_tokens=[(t, ids[t]) for t in ("<s>", "</s>")]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def build_tiny_model(
+    kind: str,
+    path: str | Path,
+    *,
+    layers: int = 2,
+    hidden: int = 32,
+    heads: int = 4,
+    vocab_size: int = 500,
+    seed: int = 0,
+    activation: str = "gelu_new",
+    max_positions: int = 128,
+    init_std: float = 0.02,
+) -> Path:
+    """Build and save a seeded random ``gpt2`` or ``bart`` model with its tokenizer; returns the path."""
+    path = Path(path)
+    torch.manual_seed(seed)
+    if kind == "gpt2":
+        tokenizer = train_tokenizer(vocab_size)
+        config = GPT2Config(
+            vocab_size=len(tokenizer), n_positions=max_positions, n_embd=hidden, n_layer=layers, n_head=heads,
+            activation_function=activation, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+            initializer_range=init_std,
+        )
+        model = GPT2LMHeadModel(config)
+    elif kind == "bart":
+        tokenizer = train_tokenizer(vocab_size, eos_template=True)
+        config = BartConfig(
+            vocab_size=len(tokenizer), d_model=hidden, encoder_layers=layers, decoder_layers=layers,
+            encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=hidden * 4,
+            decoder_ffn_dim=hidden * 4, max_position_embeddings=max_positions, activation_function=activation,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1, forced_eos_token_id=None,
+            scale_embedding=True, init_std=init_std,
+        )
+        model = BartForConditionalGeneration(config)
+    else:
+        raise ValueError(f"Unknown toy model kind {kind!r}; valid: bart, gpt2.")
+    model.eval()
+    model.generation_config.pad_token_id = 0
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
