@@ -1,8 +1,8 @@
 """inseq_ray: Inseq-compatible feature attribution for sequence generation, fast and at scale."""
 
 from inseq_ray.aggregation import list_aggregation_functions, register_aggregation_function
-from inseq_ray.methods import list_feature_attribution_methods
 from inseq_ray.attribution_model import AttributionModel, load_model
+from inseq_ray.methods import list_feature_attribution_methods
 from inseq_ray.models.encoding import InputError
 from inseq_ray.output import (
     FeatureAttributionOutput,

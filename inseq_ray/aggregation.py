@@ -17,7 +17,7 @@ from inseq_ray.registry import lookup, register
 AggregationFunction = Callable[..., torch.Tensor]  # fn(x, dim, **kw) -> x reduced over dim
 
 
-def vnorm(x: torch.Tensor, dim: int, ord: float = 2) -> torch.Tensor:  # noqa: A002 - torch's name
+def vnorm(x: torch.Tensor, dim: int, ord: float = 2) -> torch.Tensor:
     """Vector norm over ``dim`` (L2 by default)."""
     return torch.linalg.vector_norm(x, ord=ord, dim=dim)
 
@@ -98,3 +98,63 @@ def rescale(
     peak = max(float(p.abs().nan_to_num().max()) for p in parts) if parts else 1.0
     peak = peak or 1.0
     return tuple(None if p is None else p / peak for p in (source, target))  # type: ignore[return-value]
+
+
+# ---- attention: the seed's layer/head selection, shared by the method and aggregate() ----------
+Selection = int | tuple[int, int] | Sequence[int] | None
+
+
+def select_indices(sel: Selection, size: int, what: str) -> list[int]:
+    """Resolve an int / (start, end) / list selection into indices in ``range(size)``."""
+    if sel is None:
+        return list(range(size))
+    if isinstance(sel, tuple) and len(sel) == 2 and all(isinstance(v, int) for v in sel):
+        start, end = (v + size if v < 0 else v for v in sel)
+        idx = list(range(start, end))
+        if not idx or start < 0 or end > size:
+            raise ValueError(f"{what} range {sel} is invalid for a model with {size} {what} (valid: 0..{size}).")
+        return idx
+    items = [sel] if isinstance(sel, int) else list(sel)
+    if not items:
+        raise ValueError(f"Empty {what} selection; the model has {size} {what}.")
+    out = []
+    for v in items:
+        if not isinstance(v, int) or not -size <= v < size:
+            raise ValueError(
+                f"{what} index {v!r} is out of range for a model with {size} {what} (valid: {-size}..{size - 1})."
+            )
+        out.append(v % size)
+    return out
+
+
+def _reducer(fn: str | Callable, n: int, what: str) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    if callable(fn):
+        return fn
+    table: dict[str, Callable] = {
+        "average": lambda x, dim: x.mean(dim),
+        "mean": lambda x, dim: x.mean(dim),
+        "max": lambda x, dim: x.amax(dim),
+        "min": lambda x, dim: x.amin(dim),
+        "single": lambda x, dim: x.squeeze(dim),
+    }
+    if fn not in table:
+        raise ValueError(f"Unknown aggregate_{what}_fn {fn!r}. Valid: {', '.join(table)} or a callable.")
+    if fn == "single" and n != 1:
+        raise ValueError(f"aggregate_{what}_fn='single' needs exactly one {what[:-1]} selected, got {n}.")
+    return table[fn]
+
+
+def select_and_reduce(
+    x: torch.Tensor,
+    layers: Selection = -1,
+    heads: Selection = None,
+    aggregate_layers_fn: str | Callable = "average",
+    aggregate_heads_fn: str | Callable = "average",
+) -> torch.Tensor:
+    """x (..., n_layers, n_heads) -> (...): select, reduce layers first, then heads."""
+    n_layers, n_heads = x.shape[-2], x.shape[-1]
+    li = select_indices(layers, n_layers, "layers")
+    hi = select_indices(heads, n_heads, "heads")
+    x = x[..., li, :][..., hi]  # (..., l, h)
+    x = _reducer(aggregate_layers_fn, len(li), "layers")(x, -2)  # (..., h)
+    return _reducer(aggregate_heads_fn, len(hi), "heads")(x, -1)

@@ -53,9 +53,13 @@ class AttributionModel:
     # ---- generation ------------------------------------------------------------------------------
     def generate(self, texts: Sequence[str], batch_size: int | None = None, **generation_args: Any) -> list[str]:
         """Batched ``model.generate``; decoder-only results include the prompt, as in Inseq."""
-        texts = list(texts)
+        return self._generate(list(texts), batch_size, generation_args)[0]
+
+    def _generate(self, texts: list[str], batch_size: int | None, generation_args: dict) -> tuple[list[str], list]:
+        """Generated texts and the exact token ids to attribute (no re-tokenisation of the text)."""
         size = batch_size or len(texts)
-        out: list[str] = []
+        out_texts: list[str] = []
+        out_ids: list[list[int]] = []
         side = self.tokenizer.padding_side
         self.tokenizer.padding_side = "right" if self.is_encoder_decoder else "left"
         try:
@@ -63,10 +67,34 @@ class AttributionModel:
                 enc = self.tokenizer(texts[s : s + size], return_tensors="pt", padding=True).to(self.device)
                 with torch.no_grad():
                     ids = self.model.generate(**enc, pad_token_id=self.tokenizer.pad_token_id, **generation_args)
-                out += self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+                out_texts += self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+                out_ids += [
+                    self._kept_ids(row, enc["attention_mask"].shape[1], p)
+                    for row, p in zip(ids.tolist(), enc["attention_mask"].sum(1).tolist())
+                ]
         finally:
             self.tokenizer.padding_side = side
-        return out
+        return out_texts, out_ids
+
+    def _kept_ids(self, row: list[int], prompt_width: int, prompt_len: int) -> list[int]:
+        """Generated ids up to EOS: enc-dec keeps start..EOS; decoder-only keeps prompt + new tokens."""
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        if self.is_encoder_decoder:
+            kept = [row[0]]
+            for i in row[1:]:
+                if i == pad and i != eos:
+                    break
+                kept.append(i)
+                if i == eos:
+                    break
+            return kept
+        prompt = row[prompt_width - prompt_len : prompt_width]
+        new = []
+        for i in row[prompt_width:]:
+            if i in (eos, pad):
+                break
+            new.append(i)
+        return prompt + new
 
     # ---- attribution ---------------------------------------------------------------------------
     def attribute(
@@ -103,17 +131,29 @@ class AttributionModel:
         fn_kw.update(attributed_fn_args or {})
         if vjp not in ("loop", "batched"):
             raise ValueError(f"vjp must be 'loop' or 'batched', got {vjp!r}.")
-        targets = self._targets(inputs, generated_texts, batch_size, dict(generation_args or {}))
+        targets, target_ids = self._targets(inputs, generated_texts, batch_size, dict(generation_args or {}))
         order = sorted(range(len(inputs)), key=lambda i: len(targets[i]) + len(inputs[i]))
         size = batch_size or len(inputs)
         results: dict[int, FeatureAttributionSequenceOutput] = {}
         progress = _progress(len(inputs), show_progress)
         for s in range(0, len(order), size):
             idx = order[s : s + size]
-            batch = self._encode([inputs[i] for i in idx], [targets[i] for i in idx], (attr_pos_start, attr_pos_end))
+            ids = None if target_ids is None else [target_ids[i] for i in idx]
+            batch = self._encode(
+                [inputs[i] for i in idx], [targets[i] for i in idx], (attr_pos_start, attr_pos_end), ids
+            )
             seqs = self._attribute_batch(
-                batch, method_fn, method_kw, fn, fn_kw, score_fns, step_scores_args or {},
-                attribute_target, include_eos_baseline, vjp, idx,
+                batch,
+                method_fn,
+                method_kw,
+                fn,
+                fn_kw,
+                score_fns,
+                step_scores_args or {},
+                attribute_target,
+                include_eos_baseline,
+                vjp,
+                idx,
             )
             results.update(zip(idx, seqs, strict=True))
             progress.update(len(idx))
@@ -144,26 +184,28 @@ class AttributionModel:
         }
         return FeatureAttributionOutput([results[i] for i in range(len(inputs))], info)
 
-    def _targets(self, inputs: list[str], generated, batch_size: int | None, generation_args: dict) -> list[str]:
+    def _targets(self, inputs: list[str], generated, batch_size: int | None, generation_args: dict) -> tuple:
         if generated is None:
-            return self.generate(inputs, batch_size=batch_size, **generation_args)
+            return self._generate(inputs, batch_size, generation_args)
         targets = [generated] if isinstance(generated, str) else list(generated)
         if len(targets) != len(inputs):
-            raise InputError(f"{len(inputs)} input_texts but {len(targets)} generated_texts: give one target per input.")
+            raise InputError(
+                f"{len(inputs)} input_texts but {len(targets)} generated_texts: give one target per input."
+            )
         check_texts(targets, "generated_texts")
-        return targets
+        return targets, None
 
-    def _encode(self, inputs: list[str], targets: list[str], attr_pos: tuple) -> EncodedBatch:
+    def _encode(self, inputs: list[str], targets: list[str], attr_pos: tuple, ids: list | None) -> EncodedBatch:
         if self.is_encoder_decoder:
             start = self.model.generation_config.decoder_start_token_id
             start = start if start is not None else self.model.config.decoder_start_token_id
-            return encode_encoder_decoder(self.tokenizer, inputs, targets, int(start), self.max_length, attr_pos)
-        return encode_decoder_only(self.tokenizer, inputs, targets, self.max_length, attr_pos)
+            return encode_encoder_decoder(self.tokenizer, inputs, targets, int(start), self.max_length, attr_pos, ids)
+        return encode_decoder_only(self.tokenizer, inputs, targets, self.max_length, attr_pos, ids)
 
     def baseline_ids(self, ids: torch.Tensor, include_eos_baseline: bool) -> torch.Tensor:
         """(B, L) ids -> baseline ids: UNK everywhere, EOS kept unless ``include_eos_baseline``."""
         tok = self.tokenizer
-        unk = next((i for i in (tok.unk_token_id, tok.pad_token_id, 0) if i is not None))
+        unk = next(i for i in (tok.unk_token_id, tok.pad_token_id, 0) if i is not None)
         base = torch.full_like(ids, unk)
         if not include_eos_baseline and tok.eos_token_id is not None:
             base = torch.where(ids == tok.eos_token_id, ids, base)
@@ -191,7 +233,6 @@ def build_sequences(
 ) -> list[FeatureAttributionSequenceOutput]:
     """Split (T, B, L, *extra) device tensors into per-sequence outputs, one host copy per tensor."""
     attrs = {k: v.transpose(0, 1) for k, v in result.attributions.items()}  # (B, T, L, *extra)
-    extra_dims = next(iter(attrs.values())).dim() - 3
     finite = torch.stack([v.isfinite().flatten(1).all(1) for v in attrs.values()]).all(0).cpu()  # (B,)
     attrs = {k: v.cpu() for k, v in attrs.items()}
     scores = {k: v.cpu() for k, v in scores.items()}
@@ -221,7 +262,7 @@ def build_sequences(
                 step_scores={k: v[b, :n].clone() for k, v in scores.items()},
                 attr_pos_start=s0,
                 attr_pos_end=s0 + n,
-                attribution_dims=result.dims if hasattr(result, "dims") else ("hidden",) * extra_dims,
+                attribution_dims=result.dims,
             )
         )
     return out

@@ -56,6 +56,7 @@ class MethodResult:
 
     attributions: dict[str, torch.Tensor]
     step_scores: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B, T)
+    dims: tuple[str, ...] = ("hidden",)  # names of the trailing dims of each attribution tensor
 
 
 class MethodContext:
@@ -78,6 +79,7 @@ class MethodContext:
             self.embeds = self._embed(batch.source_ids, batch.target_ids)  # name -> (B, L, H)
             self.baselines = self._embed(baseline_ids.get("source"), baseline_ids["target"])
         self._input_rows: torch.Tensor | None = None  # (B, T, H) state rows at the real input
+        self._input_logits: torch.Tensor | None = None  # (B, T, V) logits at the real input
 
     def attributed_embeds(self) -> dict[str, torch.Tensor]:
         """name -> (B, L, H) embeddings of the attributed inputs."""
@@ -172,11 +174,18 @@ class MethodContext:
             self._input_rows = gather_rows(states, self.plan.positions - 1)
         return self._input_rows
 
+    def cache_input_logits(self, logits: torch.Tensor) -> None:
+        """Keep (B, L, V) full logits of a forward at the real input, so step scores reuse them."""
+        self._input_logits = gather_rows(logits, self.plan.positions - 1)
+
     @torch.no_grad()
     def step_values(self, fn: StepFunction, kwargs: dict, rows: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) values of a step function (NaN in empty cells)."""
-        rows = self.input_rows() if rows is None else rows
-        logits = self.adapter.head(rows.flatten(0, 1))
+        if rows is None and self._input_logits is not None:
+            logits = self._input_logits.flatten(0, 1)
+        else:
+            rows = self.input_rows() if rows is None else rows
+            logits = self.adapter.head(rows.flatten(0, 1))
         values = fn(StepFunctionArgs(logits, self.plan.target_ids.flatten()), **kwargs).view(self.plan.valid.shape)
         return torch.where(self.plan.valid, values.float(), torch.full_like(values.float(), float("nan")))
 

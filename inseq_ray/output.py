@@ -44,7 +44,9 @@ class FeatureAttributionSequenceOutput:
         self.target = [TokenWithId(*t) for t in self.target]
         n = self.attr_pos_end - self.attr_pos_start
         if not 0 <= self.attr_pos_start < self.attr_pos_end <= len(self.target):
-            raise ValueError(f"attr_pos {self.attr_pos_start}..{self.attr_pos_end} outside a {len(self.target)}-token target")
+            raise ValueError(
+                f"attr_pos {self.attr_pos_start}..{self.attr_pos_end} outside a {len(self.target)}-token target"
+            )
         for name, tokens in (("source_attributions", self.source), ("target_attributions", self.target)):
             t = getattr(self, name)
             if t is not None and (tuple(t.shape[:2]) != (len(tokens), n) or t.dim() != 2 + len(self.attribution_dims)):
@@ -67,17 +69,29 @@ class FeatureAttributionSequenceOutput:
     def aggregate(
         self,
         aggregate_fn: str | Sequence | None = None,
-        normalize: bool = True,
+        normalize: bool | None = None,
         rescale: bool = False,
         **fn_kwargs: Any,
     ) -> FeatureAttributionSequenceOutput:
-        """Reduce ``extra`` dims to one score per (token, step); see :mod:`inseq_ray.aggregation`."""
+        """Reduce ``extra`` dims to one score per (token, step); see :mod:`inseq_ray.aggregation`.
+
+        ``normalize`` (default: on for gradient outputs, off for attention weights, which are
+        distributions already) makes each step's source + target scores sum to 1. For attention
+        outputs kept whole (``keep_all=True``), ``layers``, ``heads``, ``aggregate_layers_fn`` and
+        ``aggregate_heads_fn`` select as the method does (default: mean of the last layer's heads).
+        """
+        attention_dims = self.attribution_dims == ("layers", "heads")
+        normalize = (not attention_dims and bool(self.attribution_dims)) if normalize is None else normalize
         if normalize and rescale:
             raise ValueError("Only one of normalize and rescale can be True.")
-        fns = agg.resolve_functions(aggregate_fn, self.attribution_dims)
+        if attention_dims and aggregate_fn is None:
+            selection, fn_kwargs = dict(fn_kwargs), {}
+            fns = [lambda x, dim: agg.select_and_reduce(x, **selection)]
+        else:
+            fns = agg.resolve_functions(aggregate_fn, self.attribution_dims)
         src = agg.reduce_extra(self.source_attributions, fns, **fn_kwargs)
         tgt = agg.reduce_extra(self.target_attributions, fns, **fn_kwargs)
-        if fns and normalize:
+        if normalize:
             src, tgt = agg.normalize_steps(src, tgt)
         elif rescale:
             src, tgt = agg.rescale(src, tgt)
@@ -160,7 +174,9 @@ def merge_attributions(outputs: Sequence[FeatureAttributionOutput]) -> FeatureAt
     for out in outputs[1:]:
         for key in MERGE_MATCH_FIELDS:
             if out.info.get(key) != first.get(key):
-                raise ValueError(f"Cannot merge outputs with different {key!r}: {first.get(key)!r} vs {out.info.get(key)!r}")
+                raise ValueError(
+                    f"Cannot merge outputs with different {key!r}: {first.get(key)!r} vs {out.info.get(key)!r}"
+                )
     info = dict(first)
     for key in ("input_texts", "generated_texts"):
         info[key] = [t for out in outputs for t in out.info.get(key, [])]

@@ -20,8 +20,12 @@ from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenc
 
 FORMAT = "inseq_ray.feature_attribution"
 VERSION = 1
-PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-              "float8": torch.float8_e4m3fn}
+PRECISIONS = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float8": torch.float8_e4m3fn,
+}
 
 
 def encode_tensor(t: torch.Tensor | None, precision: str = "float32") -> dict | None:

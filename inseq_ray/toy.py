@@ -28,7 +28,9 @@ def synthetic_sentences(n: int, seed: int = 0, min_words: int = 3, max_words: in
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))) for _ in range(n)]
 
 
-def train_tokenizer(vocab_size: int = 500, bos_template: bool = False, eos_template: bool = False) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    vocab_size: int = 500, bos_template: bool = False, eos_template: bool = False
+) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on the synthetic corpus."""
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -66,19 +68,38 @@ def build_tiny_model(
     if kind == "gpt2":
         tokenizer = train_tokenizer(vocab_size)
         config = GPT2Config(
-            vocab_size=len(tokenizer), n_positions=max_positions, n_embd=hidden, n_layer=layers, n_head=heads,
-            activation_function=activation, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+            vocab_size=len(tokenizer),
+            n_positions=max_positions,
+            n_embd=hidden,
+            n_layer=layers,
+            n_head=heads,
+            activation_function=activation,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
             initializer_range=init_std,
         )
         model = GPT2LMHeadModel(config)
     elif kind == "bart":
         tokenizer = train_tokenizer(vocab_size, eos_template=True)
         config = BartConfig(
-            vocab_size=len(tokenizer), d_model=hidden, encoder_layers=layers, decoder_layers=layers,
-            encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=hidden * 4,
-            decoder_ffn_dim=hidden * 4, max_position_embeddings=max_positions, activation_function=activation,
-            pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1, forced_eos_token_id=None,
-            scale_embedding=True, init_std=init_std,
+            vocab_size=len(tokenizer),
+            d_model=hidden,
+            encoder_layers=layers,
+            decoder_layers=layers,
+            encoder_attention_heads=heads,
+            decoder_attention_heads=heads,
+            encoder_ffn_dim=hidden * 4,
+            decoder_ffn_dim=hidden * 4,
+            max_position_embeddings=max_positions,
+            activation_function=activation,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=1,
+            forced_eos_token_id=None,
+            scale_embedding=True,
+            init_std=init_std,
         )
         model = BartForConditionalGeneration(config)
     else:

@@ -67,8 +67,13 @@ def test_engine_matches_naive_reference(request, monkeypatch, method, model_name
     targets = ENC_TARGETS if am.is_encoder_decoder else DEC_TARGETS
     calls = _record_shap_draws(monkeypatch)
     out = am.attribute(
-        SOURCES, targets, method=method, attribute_target=attribute_target, batch_size=batch_size,
-        show_progress=False, **METHODS[method],
+        SOURCES,
+        targets,
+        method=method,
+        attribute_target=attribute_target,
+        batch_size=batch_size,
+        show_progress=False,
+        **METHODS[method],
     )
     for i, (src, tgt) in enumerate(zip(SOURCES, targets)):
         seq = out[i]
@@ -103,8 +108,14 @@ def test_ig_convergence_deltas_shrink_to_small(request, model_name):
 
     def worst_delta(n_steps):
         out = am.attribute(
-            SOURCES, targets, method="integrated_gradients", n_steps=n_steps, return_convergence_delta=True,
-            attribute_target=True, show_progress=False, step_scores=["probability"],
+            SOURCES,
+            targets,
+            method="integrated_gradients",
+            n_steps=n_steps,
+            return_convergence_delta=True,
+            attribute_target=True,
+            show_progress=False,
+            step_scores=["probability"],
         )
         prob = max(s.step_scores["probability"].max().item() for s in out)
         return max(s.step_scores["deltas"].abs().max().item() for s in out), prob

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from inseq_ray.methods.attention import attention
 from inseq_ray.methods.gradient import deeplift, gradient_shap, input_x_gradient, integrated_gradients, saliency
 from inseq_ray.registry import lookup
 
@@ -15,6 +16,7 @@ METHODS: dict[str, AttributionMethod] = {
     "integrated_gradients": integrated_gradients,
     "deeplift": deeplift,
     "gradient_shap": gradient_shap,
+    "attention": attention,
 }
 
 

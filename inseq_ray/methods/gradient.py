@@ -22,7 +22,7 @@ def _identity(name: str, g: torch.Tensor) -> torch.Tensor:
     return g
 
 
-def saliency(ctx: MethodContext, abs: bool = True) -> MethodResult:  # noqa: A002 - captum's name
+def saliency(ctx: MethodContext, abs: bool = True) -> MethodResult:
     """|d f_t / d x| for every step t (captum ``Saliency``, ``abs=True`` by default)."""
     grads = ctx.run(ctx.attributed_embeds(), 1, _identity, at_input=True)
     return MethodResult({k: g.abs() if abs else g for k, g in grads.items()})
@@ -89,7 +89,9 @@ def gradient_shap(
     noise, alphas = gradient_shap_draws(ctx.embeds, ctx.attributed, n_samples, stdevs, generator)
     noisy = {k: ctx.embeds[k][None] + noise[k] for k in ctx.attributed}  # (S, B, L, H)
     points = {
-        k: (ctx.baselines[k][None] + alphas.view(n_samples, b, 1, 1) * (noisy[k] - ctx.baselines[k][None])).flatten(0, 1)
+        k: (ctx.baselines[k][None] + alphas.view(n_samples, b, 1, 1) * (noisy[k] - ctx.baselines[k][None])).flatten(
+            0, 1
+        )
         for k in ctx.attributed
     }
 

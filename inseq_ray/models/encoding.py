@@ -77,8 +77,7 @@ def check_texts(texts: list[str], name: str) -> None:
 def check_length(ids: list[int], limit: int | None, name: str, index: int) -> None:
     if limit is not None and len(ids) > limit:
         raise InputError(
-            f"{name}[{index}] is {len(ids)} tokens long, over the model's limit of {limit}: "
-            "shorten or split it."
+            f"{name}[{index}] is {len(ids)} tokens long, over the model's limit of {limit}: shorten or split it."
         )
 
 
@@ -102,11 +101,18 @@ def encode_encoder_decoder(
     decoder_start_id: int,
     limit: int | None,
     attr_pos: tuple[int | None, int | None] = (None, None),
+    target_ids: list[list[int]] | None = None,
 ) -> EncodedBatch:
-    """Sources -> encoder ids; targets -> ``[decoder_start] + target ids`` (EOS included)."""
+    """Sources -> encoder ids; targets -> ``[decoder_start] + target ids`` (EOS included).
+
+    ``target_ids`` (decoder inputs, start token included) skips re-tokenising generated texts.
+    """
     src = tokenizer(sources, add_special_tokens=True)["input_ids"]
-    tgt = tokenizer(text_target=targets, add_special_tokens=True)["input_ids"]
-    tgt = [[decoder_start_id, *t] for t in tgt]
+    if target_ids is None:
+        tgt = tokenizer(text_target=targets, add_special_tokens=True)["input_ids"]
+        tgt = [[decoder_start_id, *t] for t in tgt]
+    else:
+        tgt = [list(t) for t in target_ids]
     for i, (s, t) in enumerate(zip(src, tgt, strict=True)):
         check_length(s, limit, "input_texts", i)
         check_length(t, limit, "generated_texts", i)
@@ -132,15 +138,19 @@ def encode_decoder_only(
     targets: list[str],
     limit: int | None,
     attr_pos: tuple[int | None, int | None] = (None, None),
+    target_ids: list[list[int]] | None = None,
 ) -> EncodedBatch:
-    """Full texts (prompt + continuation) -> ids; attribution starts after the prompt's tokens."""
+    """Full texts (prompt + continuation) -> ids; attribution starts after the prompt's tokens.
+
+    ``target_ids`` (prompt ids + generated ids) skips re-tokenising generated texts.
+    """
     for i, (p, t) in enumerate(zip(prompts, targets, strict=True)):
         if not t.startswith(p):
             raise InputError(
                 f"generated_texts[{i}] does not start with input_texts[{i}] ({p[:40]!r}...): for a "
                 "decoder-only model the target is the full text, prompt included; prepend the prompt."
             )
-    full = tokenizer(targets, add_special_tokens=True)["input_ids"]
+    full = tokenizer(targets, add_special_tokens=True)["input_ids"] if target_ids is None else target_ids
     prompt_lens = [len(p) for p in tokenizer(prompts, add_special_tokens=True)["input_ids"]]
     for i, t in enumerate(full):
         check_length(t, limit, "generated_texts", i)
