@@ -317,6 +317,10 @@ def load_model(
     ``dtype="bf16"``/``"fp16"`` runs the model in half precision; attributions accumulate in float32.
     """
     dev = loading.resolve_device(device)
+    if isinstance(model, str) and model.startswith("toy:"):
+        from inseq_ray.toy import resolve_toy
+
+        model = resolve_toy(model)
     hf_model = loading.load_hf_model(
         model, device=dev, dtype=loading.resolve_dtype(dtype), trust_remote_code=trust_remote_code, **model_kwargs
     )

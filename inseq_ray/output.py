@@ -164,6 +164,12 @@ class FeatureAttributionOutput:
 
         return show(self, **kwargs)
 
+    def plot(self, path: str, index: int = 0, **kwargs: Any) -> str:
+        """Write a PNG heatmap of sequence ``index`` to ``path`` (matplotlib)."""
+        from inseq_ray.viz import plot
+
+        return plot(self, path, index=index, **kwargs)
+
 
 MERGE_MATCH_FIELDS = ("attribute_target", "attribution_method", "model_name", "step_scores", "attributed_fn")
 

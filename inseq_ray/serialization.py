@@ -146,7 +146,7 @@ def save(
         if fs.exists(fpath) and not overwrite:
             raise FileExistsError(f"{target} exists; pass overwrite=True to replace it.")
     for target, item in items:
-        with fsspec.open(target, "wb") as f:
+        with fsspec.open(target, "wb", auto_mkdir=True) as f:
             f.write(to_bytes(item, compress, scores_precision))
     return [t for t, _ in items]
 

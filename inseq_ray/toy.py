@@ -109,3 +109,37 @@ def build_tiny_model(
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+TOY_BUILDERS = {
+    "gpt2": lambda path: build_tiny_model("gpt2", path, layers=2, hidden=64, heads=4, init_std=0.2),
+    "bart": lambda path: build_tiny_model("bart", path, layers=2, hidden=64, heads=4, init_std=0.2),
+}
+TOY_VERSION = "1"
+
+
+def cache_root() -> Path:
+    """Where built toy models live: ``$INSEQ_RAY_CACHE`` or ``~/.cache/inseq_ray``."""
+    import os
+
+    return Path(os.environ.get("INSEQ_RAY_CACHE", Path.home() / ".cache" / "inseq_ray"))
+
+
+def resolve_toy(name: str) -> str:
+    """``toy:<kind>`` -> a local folder holding that model, built (deterministically) on first use."""
+    import shutil
+    import tempfile
+
+    kind = name.removeprefix("toy:")
+    if kind not in TOY_BUILDERS:
+        raise ValueError(f"Unknown toy model {name!r}; valid: {', '.join('toy:' + k for k in sorted(TOY_BUILDERS))}.")
+    target = cache_root() / "toy" / f"{kind}-v{TOY_VERSION}"
+    if not (target / "config.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{kind}-"))
+        TOY_BUILDERS[kind](tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)

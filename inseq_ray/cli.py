@@ -1,0 +1,109 @@
+"""Command line: ``inseq-ray attribute`` (one-off) and ``inseq-ray attribute-dataset`` (a corpus on Ray)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+ATTRIBUTE_EPILOG = """examples:
+  inseq-ray attribute -m toy:translator -a saliency -i "the small cat sees a dog"
+  inseq-ray attribute -m Helsinki-NLP/opus-mt-en-it -a integrated_gradients -i "Hello world" \\
+      --attribution-args '{"n_steps": 20}' --step-scores probability entropy --save out.json.gz --html out.html
+  inseq-ray attribute -m gpt2 -a attention -i "The capital of France" -g "The capital of France is Paris" \\
+      --attribution-args '{"layers": [0, 2], "aggregate_heads_fn": "max"}' --png out.png
+
+Models: a Hugging Face id or local folder; toy:gpt2, toy:bart (random, built locally) and
+toy:translator, toy:copier (trained on synthetic tasks, see inseq_ray.toy) need no network.
+"""
+
+
+def _json(value: str) -> dict:
+    try:
+        out = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg}): {value!r}") from None
+    if not isinstance(out, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"n_steps\": 20}}', got {value!r}")
+    return out
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", required=True, help="Hugging Face model id, local folder, or toy:<name>")
+    p.add_argument("-a", "--method", default="saliency", help="attribution method id (default: saliency)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="model precision (default: checkpoint's)")
+    p.add_argument("--attributed-fn", default="probability", help="step function to attribute (default: probability)")
+    p.add_argument("--step-scores", nargs="*", default=[], help="step scores to compute, e.g. probability entropy")
+    p.add_argument("--attribute-target", action="store_true", help="also attribute the target prefix (encoder-decoder)")
+    p.add_argument("--attribution-args", type=_json, default={}, help="JSON method arguments, e.g. '{\"n_steps\": 20}'")
+    p.add_argument("--generation-args", type=_json, default={}, help="JSON arguments for generate(), e.g. '{\"max_new_tokens\": 20}'")
+    p.add_argument("-bs", "--batch-size", type=int, default=None, help="sentences per forward pass (default: all)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inseq-ray", description="Feature attribution for sequence generation models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser(
+        "attribute", help="attribute one or a few texts and show/save the result",
+        epilog=ATTRIBUTE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_args(p)
+    p.add_argument("-i", "--input-texts", nargs="+", required=True, help="input text(s) (the prompt for decoder-only models)")
+    p.add_argument("-g", "--generated-texts", nargs="+", default=None, help="forced target text(s); generated if omitted")
+    p.add_argument("-s", "--attr-pos-start", type=int, default=None, help="first target position to attribute")
+    p.add_argument("-e", "--attr-pos-end", type=int, default=None, help="one past the last target position to attribute")
+    p.add_argument("--save", default=None, help="save the raw output (JSON; .gz suffix compresses)")
+    p.add_argument("--html", default=None, help="write the HTML heatmap here")
+    p.add_argument("--png", default=None, help="write a PNG heatmap of the first sequence here")
+    p.add_argument("--hide", action="store_true", help="do not print the heatmap")
+    p.set_defaults(func=run_attribute)
+    from inseq_ray.pipeline.cli import add_dataset_parser
+
+    add_dataset_parser(sub)
+    return parser
+
+
+def run_attribute(args: argparse.Namespace) -> int:
+    import inseq_ray
+
+    model = inseq_ray.load_model(args.model, args.method, device=args.device, dtype=args.dtype)
+    out = model.attribute(
+        args.input_texts, args.generated_texts, attributed_fn=args.attributed_fn, step_scores=args.step_scores,
+        attribute_target=args.attribute_target, attr_pos_start=args.attr_pos_start, attr_pos_end=args.attr_pos_end,
+        batch_size=args.batch_size, generation_args=args.generation_args, show_progress=False, **args.attribution_args,
+    )
+    if args.save:
+        for path in out.save(args.save, compress=args.save.endswith(".gz"), overwrite=True):
+            print(f"saved {path}")
+    for path in (args.html, args.png):
+        if path and os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+    if args.html:
+        with open(args.html, "w", encoding="utf-8") as f:
+            f.write(out.show(return_html=True))
+        print(f"wrote {args.html}")
+    if args.png:
+        print(f"wrote {out.plot(args.png)}")
+    if not args.hide:
+        out.show()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileExistsError) as e:  # user errors: one clear line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

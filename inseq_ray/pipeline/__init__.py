@@ -1,0 +1,1 @@
+"""Corpus attribution: blocks, runners (local and Ray Data), storage of results."""
