@@ -34,27 +34,44 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", required=True, help="Hugging Face model id, local folder, or toy:<name>")
     p.add_argument("-a", "--method", default="saliency", help="attribution method id (default: saliency)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="model precision (default: checkpoint's)")
+    p.add_argument(
+        "--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="model precision (default: checkpoint's)"
+    )
     p.add_argument("--attributed-fn", default="probability", help="step function to attribute (default: probability)")
     p.add_argument("--step-scores", nargs="*", default=[], help="step scores to compute, e.g. probability entropy")
     p.add_argument("--attribute-target", action="store_true", help="also attribute the target prefix (encoder-decoder)")
     p.add_argument("--attribution-args", type=_json, default={}, help="JSON method arguments, e.g. '{\"n_steps\": 20}'")
-    p.add_argument("--generation-args", type=_json, default={}, help="JSON arguments for generate(), e.g. '{\"max_new_tokens\": 20}'")
+    p.add_argument(
+        "--generation-args",
+        type=_json,
+        default={},
+        help="JSON arguments for generate(), e.g. '{\"max_new_tokens\": 20}'",
+    )
     p.add_argument("-bs", "--batch-size", type=int, default=None, help="sentences per forward pass (default: all)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="inseq-ray", description="Feature attribution for sequence generation models.")
+    parser = argparse.ArgumentParser(
+        prog="inseq-ray", description="Feature attribution for sequence generation models."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
-        "attribute", help="attribute one or a few texts and show/save the result",
-        epilog=ATTRIBUTE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "attribute",
+        help="attribute one or a few texts and show/save the result",
+        epilog=ATTRIBUTE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_args(p)
-    p.add_argument("-i", "--input-texts", nargs="+", required=True, help="input text(s) (the prompt for decoder-only models)")
-    p.add_argument("-g", "--generated-texts", nargs="+", default=None, help="forced target text(s); generated if omitted")
+    p.add_argument(
+        "-i", "--input-texts", nargs="+", required=True, help="input text(s) (the prompt for decoder-only models)"
+    )
+    p.add_argument(
+        "-g", "--generated-texts", nargs="+", default=None, help="forced target text(s); generated if omitted"
+    )
     p.add_argument("-s", "--attr-pos-start", type=int, default=None, help="first target position to attribute")
-    p.add_argument("-e", "--attr-pos-end", type=int, default=None, help="one past the last target position to attribute")
+    p.add_argument(
+        "-e", "--attr-pos-end", type=int, default=None, help="one past the last target position to attribute"
+    )
     p.add_argument("--save", default=None, help="save the raw output (JSON; .gz suffix compresses)")
     p.add_argument("--html", default=None, help="write the HTML heatmap here")
     p.add_argument("--png", default=None, help="write a PNG heatmap of the first sequence here")
@@ -71,9 +88,17 @@ def run_attribute(args: argparse.Namespace) -> int:
 
     model = inseq_ray.load_model(args.model, args.method, device=args.device, dtype=args.dtype)
     out = model.attribute(
-        args.input_texts, args.generated_texts, attributed_fn=args.attributed_fn, step_scores=args.step_scores,
-        attribute_target=args.attribute_target, attr_pos_start=args.attr_pos_start, attr_pos_end=args.attr_pos_end,
-        batch_size=args.batch_size, generation_args=args.generation_args, show_progress=False, **args.attribution_args,
+        args.input_texts,
+        args.generated_texts,
+        attributed_fn=args.attributed_fn,
+        step_scores=args.step_scores,
+        attribute_target=args.attribute_target,
+        attr_pos_start=args.attr_pos_start,
+        attr_pos_end=args.attr_pos_end,
+        batch_size=args.batch_size,
+        generation_args=args.generation_args,
+        show_progress=False,
+        **args.attribution_args,
     )
     if args.save:
         for path in out.save(args.save, compress=args.save.endswith(".gz"), overwrite=True):

@@ -18,7 +18,10 @@ from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenc
 def _matrix(seq: FeatureAttributionSequenceOutput) -> tuple[list[str], list[str], torch.Tensor, list[str]]:
     """(row labels, column labels, (rows, steps) scores, row kinds) of an aggregated sequence."""
     labels, parts, kinds = [], [], []
-    for kind, tokens, t in (("source", seq.source, seq.source_attributions), ("target", seq.target, seq.target_attributions)):
+    for kind, tokens, t in (
+        ("source", seq.source, seq.source_attributions),
+        ("target", seq.target, seq.target_attributions),
+    ):
         if t is not None:
             labels += [clean(tok.token) for tok in tokens]
             parts.append(t)
@@ -43,7 +46,7 @@ def _in_notebook() -> bool:
         from IPython import get_ipython
 
         return get_ipython() is not None and "IPKernelApp" in get_ipython().config
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 
@@ -79,7 +82,9 @@ def _color(value: float, vmax: float) -> tuple[int, int, int]:
     if not math.isfinite(value) or vmax == 0:
         return (255, 255, 255)
     a = min(abs(value) / vmax, 1.0)
-    return (255, int(255 * (1 - a)), int(255 * (1 - a))) if value >= 0 else (int(255 * (1 - a)), int(255 * (1 - a)), 255)
+    return (
+        (255, int(255 * (1 - a)), int(255 * (1 - a))) if value >= 0 else (int(255 * (1 - a)), int(255 * (1 - a)), 255)
+    )
 
 
 def _fmt(value: float) -> str:
@@ -103,7 +108,7 @@ def rich_tables(seq: FeatureAttributionSequenceOutput, width: int = 80, title: s
 
     rows, cols, m, kinds = _matrix(seq)
     vmax = float(m.nan_to_num().abs().max()) if m.numel() else 0.0
-    label_w = min(14, max([len(r) for r in rows] + [6]))
+    label_w = min(14, max([len(r) for r in rows] + [len(k) for k in seq.step_scores] + [6]))
     cell_w = 5
     per_table = max(1, (width - label_w - 2) // (cell_w + 1))
     tables = []
@@ -193,8 +198,7 @@ def plot(out: FeatureAttributionOutput, path: str, index: int = 0, dpi: int = 12
     fig, ax = plt.subplots(figsize=(fig_w, fig_h), dpi=dpi)
     vmax = float(m.nan_to_num().abs().max()) or 1.0
     signed = bool((m.nan_to_num() < 0).any())
-    cmap = plt.get_cmap("RdBu_r" if signed else "Reds").copy()
-    cmap.set_bad("#eeeeee")
+    cmap = plt.get_cmap("RdBu_r" if signed else "Reds").with_extremes(bad="#eeeeee")
     im = ax.imshow(data, cmap=cmap, vmin=-vmax if signed else 0, vmax=vmax, aspect="auto", interpolation="nearest")
     font = 8 if max(len(rows), len(cols)) <= 60 else 6
     ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=font)

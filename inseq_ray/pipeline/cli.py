@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 
 def add_dataset_parser(sub) -> None:  # placeholder until the pipeline lands
     return None
