@@ -113,6 +113,7 @@ class AttributionModel:
         include_eos_baseline: bool = False,
         show_progress: bool = True,
         vjp: str = "loop",
+        aggregate_hidden_fn: str | None = None,
         attribution_args: dict | None = None,
         attributed_fn_args: dict | None = None,
         step_scores_args: dict | None = None,
@@ -154,6 +155,7 @@ class AttributionModel:
                 include_eos_baseline,
                 vjp,
                 idx,
+                aggregate_hidden_fn,
             )
             results.update(zip(idx, seqs, strict=True))
             progress.update(len(idx))
@@ -212,7 +214,8 @@ class AttributionModel:
         return base
 
     def _attribute_batch(
-        self, batch, method_fn, method_kw, fn, fn_kw, score_fns, scores_kw, attribute_target, include_eos, vjp, idx
+        self, batch, method_fn, method_kw, fn, fn_kw, score_fns, scores_kw, attribute_target, include_eos, vjp, idx,
+        aggregate_hidden_fn=None,
     ) -> list[FeatureAttributionSequenceOutput]:
         batch = batch.to(self.device)
         attributed = ("source", "target") if attribute_target else ("source",)
@@ -225,7 +228,19 @@ class AttributionModel:
         result: MethodResult = method_fn(ctx, **method_kw)
         scores = {name: ctx.step_values(f, scores_kw.get(name, {})) for name, f in score_fns.items()}
         scores.update(result.step_scores)
+        if aggregate_hidden_fn is not None and result.dims == ("hidden",):
+            result = reduce_hidden_on_device(result, aggregate_hidden_fn)
         return build_sequences(batch, result, scores, idx)
+
+
+def reduce_hidden_on_device(result: MethodResult, fn_id: str) -> MethodResult:
+    """(T, B, L, H) -> (T, B, L) with an aggregation function, before anything is copied to the host."""
+    from inseq_ray.aggregation import AGGREGATION_FUNCTIONS
+    from inseq_ray.registry import lookup
+
+    fn = lookup(AGGREGATION_FUNCTIONS, fn_id, "aggregation function")
+    reduced = {k: fn(v, dim=-1) for k, v in result.attributions.items()}
+    return MethodResult(reduced, result.step_scores, dims=())
 
 
 def build_sequences(

@@ -1,0 +1,203 @@
+"""Runs the blocks over a corpus: in a Ray Data actor pool (the default) or in a plain local loop.
+
+Protocol (resumable, effectively-once):
+1. ``_run.json`` records the config fingerprint; resuming with a different config is refused.
+2. Shards are planned deterministically; shards with a ``_shards/<id>.json`` marker are skipped.
+3. Each shard's objects and table files have deterministic names (a retry overwrites), and its marker
+   is written after them: the marker is the shard's commit point.
+4. ``manifest.json`` (config, versions, counts, per-table rows and bytes) is written last: its
+   presence means the run is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Iterable, Iterator
+
+from inseq_ray.pipeline.blocks import BLOCKS
+from inseq_ray.pipeline.config import PipelineConfig
+from inseq_ray.pipeline.shards import Shard, plan_shards
+from inseq_ray.storage import Storage, redact_url
+
+FAULT_ENV = "INSEQ_RAY_FAULT_KILL_ONCE"  # testing hook: path of a marker; the first worker to see it absent dies
+
+
+class ShardWorker:
+    """The whole block list for one shard at a time; one instance per actor (model loaded once)."""
+
+    def __init__(self, cfg: dict) -> None:
+        config = PipelineConfig.from_dict(cfg)
+        self.blocks = [block(config) for block in BLOCKS]
+
+    def process(self, shard: dict) -> dict:
+        batch = {"shard": shard}
+        for block in self.blocks:
+            batch = block(batch)
+            if block.__class__.__name__ == "WriteObjects":
+                _maybe_inject_fault()
+        return batch["summary"]
+
+    def __call__(self, batch: dict) -> dict:
+        """Ray Data entry point: a batch of shard rows (numpy columns) -> JSON summaries."""
+        import numpy as np
+
+        n = len(batch["shard_id"])
+        rows = [{k: _py(v[i]) for k, v in batch.items()} for i in range(n)]
+        return {"summary": np.array([json.dumps(self.process(r)) for r in rows], dtype=object)}
+
+
+def _py(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def _maybe_inject_fault() -> None:
+    marker = os.environ.get(FAULT_ENV)
+    if marker and not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+        os._exit(1)
+
+
+def run_local(cfg: PipelineConfig, shards: list[Shard]) -> Iterator[dict]:
+    worker = ShardWorker(cfg.to_dict())
+    for shard in shards:
+        yield worker.process(shard.to_dict())
+
+
+def run_ray(cfg: PipelineConfig, shards: list[Shard]) -> Iterator[dict]:
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    init_ray()
+    gpus = ray.cluster_resources().get("GPU", 0)
+    num_gpus = cfg.num_gpus_per_actor if cfg.num_gpus_per_actor is not None else (1.0 if gpus else 0.0)
+    actors = cfg.num_actors or (max(1, int(gpus // max(num_gpus, 1e-9))) if num_gpus else 2)
+    actors = max(1, min(actors, len(shards)))
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = False
+    ds = ray.data.from_items([s.to_dict() for s in shards], override_num_blocks=len(shards))
+    ds = ds.map_batches(
+        ShardWorker,
+        fn_constructor_kwargs={"cfg": cfg.to_dict()},
+        batch_size=1,
+        compute=ActorPoolStrategy(min_size=1, max_size=actors),
+        num_gpus=num_gpus,
+        num_cpus=cfg.num_cpus_per_actor,
+    )
+    for row in ds.iter_rows():
+        yield json.loads(row["summary"])
+
+
+def init_ray() -> None:
+    """Attach to ``RAY_ADDRESS`` when set, else start a local Ray with enough logical CPUs."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+    else:
+        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=True)
+
+
+def run(cfg: PipelineConfig, progress: bool = True) -> dict:
+    """Run (or resume) the pipeline; returns the manifest."""
+    cfg.validate()
+    storage = Storage(cfg.output)
+    if storage.exists("manifest.json"):
+        return storage.read_json("manifest.json")
+    _check_run_config(storage, cfg)
+    shards = plan_shards(cfg.input, cfg.input_format, cfg.shard_bytes)
+    done = {n.removesuffix(".json") for n in storage.list_names("_shards") if n.endswith(".json")}
+    pending = [s for s in shards if s.shard_id not in done]
+    start = time.perf_counter()
+    new = list(_track(run_ray(cfg, pending) if cfg.use_ray and pending else run_local(cfg, pending) if pending else [],
+                      sum(s.size for s in pending), progress))
+    elapsed = time.perf_counter() - start
+    summaries = [storage.read_json("_shards", f"{s.shard_id}.json") for s in shards if s.shard_id in done] + new
+    manifest = build_manifest(cfg, shards, summaries, len(new), elapsed)
+    storage.write_json(manifest, "manifest.json")
+    return manifest
+
+
+def _check_run_config(storage: Storage, cfg: PipelineConfig) -> None:
+    record = {"fingerprint": cfg.fingerprint(), "config": safe_config(cfg)}
+    if storage.exists("_run.json"):
+        old = storage.read_json("_run.json")
+        if old.get("fingerprint") != record["fingerprint"]:
+            raise ValueError(
+                f"{redact_url(cfg.output)} holds a run with a different configuration "
+                f"(fingerprint {old.get('fingerprint')} != {record['fingerprint']}): use a new output prefix."
+            )
+    else:
+        storage.write_json(record, "_run.json")
+
+
+def safe_config(cfg: PipelineConfig) -> dict:
+    d = cfg.to_dict()
+    d["input"], d["output"] = redact_url(cfg.input), redact_url(cfg.output)
+    return d
+
+
+def _track(summaries: Iterable[dict], total_bytes: int, show: bool) -> Iterator[dict]:
+    """Live progress over input bytes, with records/s and target tokens/s."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="Attributing", disable=not show, smoothing=0.1)
+    records = tokens = 0
+    start = time.perf_counter()
+    for s in summaries:
+        records += s["records"]
+        tokens += s["target_tokens"]
+        rate = records / max(time.perf_counter() - start, 1e-9)
+        bar.set_postfix(records=records, rec_s=f"{rate:.1f}")
+        bar.update(s["input_bytes"])
+        yield s
+    bar.close()
+
+
+def build_manifest(cfg: PipelineConfig, shards: list[Shard], summaries: list[dict], n_new: int, seconds: float) -> dict:
+    import pyarrow
+    import torch
+    import transformers
+
+    import inseq_ray
+
+    def total(key: str) -> int:
+        return sum(s[key] for s in summaries)
+
+    rows: dict[str, int] = {}
+    sizes: dict[str, int] = {}
+    for s in summaries:
+        for k, v in s["rows"].items():
+            rows[k] = rows.get(k, 0) + v
+        for k, v in s["bytes"].items():
+            sizes[k] = sizes.get(k, 0) + v
+    new = summaries[len(summaries) - n_new :] if n_new else []
+    new_records = sum(s["records"] for s in new)
+    return {
+        "complete": True,
+        "config": safe_config(cfg),
+        "fingerprint": cfg.fingerprint(),
+        "versions": {"inseq_ray": inseq_ray.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                     "pyarrow": pyarrow.__version__, "python": platform.python_version()},
+        "shards": len(shards),
+        "shards_run_this_time": n_new,
+        "records": total("records"),
+        "ok": total("ok"),
+        "errors": total("errors"),
+        "target_tokens": total("target_tokens"),
+        "table_rows": rows,
+        "bytes": sizes,
+        "this_run": {
+            "seconds": seconds,
+            "records": new_records,
+            "records_per_s": new_records / seconds if seconds and new_records else None,
+            "target_tokens_per_s": sum(s["target_tokens"] for s in new) / seconds if seconds and new else None,
+        },
+    }
