@@ -214,7 +214,18 @@ class AttributionModel:
         return base
 
     def _attribute_batch(
-        self, batch, method_fn, method_kw, fn, fn_kw, score_fns, scores_kw, attribute_target, include_eos, vjp, idx,
+        self,
+        batch,
+        method_fn,
+        method_kw,
+        fn,
+        fn_kw,
+        score_fns,
+        scores_kw,
+        attribute_target,
+        include_eos,
+        vjp,
+        idx,
         aggregate_hidden_fn=None,
     ) -> list[FeatureAttributionSequenceOutput]:
         batch = batch.to(self.device)

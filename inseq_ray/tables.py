@@ -15,24 +15,58 @@ import pyarrow as pa
 
 from inseq_ray.output import FeatureAttributionSequenceOutput
 
-SEQUENCES = pa.schema([
-    ("seq_id", pa.string()), ("shard", pa.string()), ("source_file", pa.string()), ("position", pa.int64()),
-    ("source_text", pa.string()), ("target_text", pa.string()),
-    ("source_tokens", pa.list_(pa.string())), ("target_tokens", pa.list_(pa.string())),
-    ("source_token_ids", pa.list_(pa.int32())), ("target_token_ids", pa.list_(pa.int32())),
-    ("attr_pos_start", pa.int32()), ("attr_pos_end", pa.int32()), ("n_steps", pa.int32()),
-    ("model", pa.string()), ("method", pa.string()), ("attributed_fn", pa.string()), ("generated", pa.bool_()),
-    ("object_uri", pa.string()), ("object_bytes", pa.int64()), ("attribute_seconds", pa.float32()),
-])
-ATTRIBUTIONS = pa.schema([
-    ("seq_id", pa.string()), ("step", pa.int32()), ("target_pos", pa.int32()), ("target_token", pa.string()),
-    ("attributed_pos", pa.int32()), ("attributed_token", pa.string()), ("score", pa.float32()),
-])
-ERRORS = pa.schema([
-    ("seq_id", pa.string()), ("shard", pa.string()), ("source_file", pa.string()), ("position", pa.int64()),
-    ("input", pa.string()), ("reason", pa.string()), ("message", pa.string()),
-])
-STEP_SCORES_BASE = [("seq_id", pa.string()), ("step", pa.int32()), ("target_pos", pa.int32()), ("target_token", pa.string())]
+SEQUENCES = pa.schema(
+    [
+        ("seq_id", pa.string()),
+        ("shard", pa.string()),
+        ("source_file", pa.string()),
+        ("position", pa.int64()),
+        ("source_text", pa.string()),
+        ("target_text", pa.string()),
+        ("source_tokens", pa.list_(pa.string())),
+        ("target_tokens", pa.list_(pa.string())),
+        ("source_token_ids", pa.list_(pa.int32())),
+        ("target_token_ids", pa.list_(pa.int32())),
+        ("attr_pos_start", pa.int32()),
+        ("attr_pos_end", pa.int32()),
+        ("n_steps", pa.int32()),
+        ("model", pa.string()),
+        ("method", pa.string()),
+        ("attributed_fn", pa.string()),
+        ("generated", pa.bool_()),
+        ("object_uri", pa.string()),
+        ("object_bytes", pa.int64()),
+        ("attribute_seconds", pa.float32()),
+    ]
+)
+ATTRIBUTIONS = pa.schema(
+    [
+        ("seq_id", pa.string()),
+        ("step", pa.int32()),
+        ("target_pos", pa.int32()),
+        ("target_token", pa.string()),
+        ("attributed_pos", pa.int32()),
+        ("attributed_token", pa.string()),
+        ("score", pa.float32()),
+    ]
+)
+ERRORS = pa.schema(
+    [
+        ("seq_id", pa.string()),
+        ("shard", pa.string()),
+        ("source_file", pa.string()),
+        ("position", pa.int64()),
+        ("input", pa.string()),
+        ("reason", pa.string()),
+        ("message", pa.string()),
+    ]
+)
+STEP_SCORES_BASE = [
+    ("seq_id", pa.string()),
+    ("step", pa.int32()),
+    ("target_pos", pa.int32()),
+    ("target_token", pa.string()),
+]
 
 
 def step_scores_schema(names: list[str]) -> pa.Schema:

@@ -125,14 +125,20 @@ def cache_root() -> Path:
     return Path(os.environ.get("INSEQ_RAY_CACHE", Path.home() / ".cache" / "inseq_ray"))
 
 
+TRAINED = ("translator", "copier")  # shipped in inseq_ray/data/toy, rebuilt by python -m inseq_ray.toy_train
+
+
 def resolve_toy(name: str) -> str:
-    """``toy:<kind>`` -> a local folder holding that model, built (deterministically) on first use."""
+    """``toy:<kind>`` -> a local folder holding that model (shipped, or built deterministically on first use)."""
     import shutil
     import tempfile
 
     kind = name.removeprefix("toy:")
+    if kind in TRAINED:
+        return str(Path(__file__).parent / "data" / "toy" / kind)
     if kind not in TOY_BUILDERS:
-        raise ValueError(f"Unknown toy model {name!r}; valid: {', '.join('toy:' + k for k in sorted(TOY_BUILDERS))}.")
+        valid = ", ".join("toy:" + k for k in sorted([*TOY_BUILDERS, *TRAINED]))
+        raise ValueError(f"Unknown toy model {name!r}; valid: {valid}.")
     target = cache_root() / "toy" / f"{kind}-v{TOY_VERSION}"
     if not (target / "config.json").exists():
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir, when not pip-installed
 
-from inseq_ray.pipeline.cli import add_dataset_args, run_dataset  # noqa: E402
+from inseq_ray.pipeline.cli import add_dataset_args, run_dataset
 
 
 def main() -> int:

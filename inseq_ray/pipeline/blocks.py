@@ -64,10 +64,16 @@ class Attribute:
         cfg = self.cfg
         targets = None if records[0]["target"] is None else [r["target"] for r in records]
         out = self.model.attribute(
-            [r["source"] for r in records], targets, attribute_target=cfg.attribute_target,
-            step_scores=cfg.step_scores, attributed_fn=cfg.attributed_fn, batch_size=cfg.batch_size,
-            generation_args=cfg.generation_args, show_progress=False,
-            aggregate_hidden_fn=None if cfg.save_granular else cfg.aggregate_fn, **cfg.method_args,
+            [r["source"] for r in records],
+            targets,
+            attribute_target=cfg.attribute_target,
+            step_scores=cfg.step_scores,
+            attributed_fn=cfg.attributed_fn,
+            batch_size=cfg.batch_size,
+            generation_args=cfg.generation_args,
+            show_progress=False,
+            aggregate_hidden_fn=None if cfg.save_granular else cfg.aggregate_fn,
+            **cfg.method_args,
         )
         for r, text in zip(records, out.info["generated_texts"], strict=True):
             r["generated_text"], r["generated"] = text, targets is None
@@ -77,13 +83,13 @@ class Attribute:
         """All at once; if that fails, one by one so that only the bad records become errors."""
         try:
             return list(zip(records, self._attribute(records), strict=True)), []
-        except Exception:  # noqa: BLE001 - isolate below
+        except Exception:
             pass
         ok, bad = [], []
         for r in records:
             try:
                 ok.append((r, self._attribute([r])[0]))
-            except Exception as e:  # noqa: BLE001 - one record never kills the run
+            except Exception as e:
                 bad.append({**r, "error_reason": reason_code(e), "error_message": str(e)[:500]})
         return ok, bad
 
@@ -103,11 +109,22 @@ class WriteObjects:
         self.cfg, self.storage = cfg, Storage(cfg.output)
 
     def __call__(self, batch: Batch) -> Batch:
-        info = {"model_name": self.cfg.model, "attribution_method": self.cfg.method,
-                "attributed_fn": self.cfg.attributed_fn, "step_scores": self.cfg.step_scores}
+        info = {
+            "model_name": self.cfg.model,
+            "attribution_method": self.cfg.method,
+            "attributed_fn": self.cfg.attributed_fn,
+            "step_scores": self.cfg.step_scores,
+        }
         for record, seq in batch["results"]:
-            one = FeatureAttributionOutput([seq], {**info, "seq_id": record["seq_id"], "input_texts": [record["source"]],
-                                                    "generated_texts": [record["generated_text"]]})
+            one = FeatureAttributionOutput(
+                [seq],
+                {
+                    **info,
+                    "seq_id": record["seq_id"],
+                    "input_texts": [record["source"]],
+                    "generated_texts": [record["generated_text"]],
+                },
+            )
             data = to_bytes(one, compress=True, precision=self.cfg.scores_precision)
             sid = record["seq_id"]
             record["object_uri"] = self.storage.write_bytes(data, "sequences", sid[:2], f"{sid}.json.gz")
@@ -126,7 +143,13 @@ class CommitShard:
         aggregated = [(r["seq_id"], self._aggregate(seq)) for r, seq in batch["results"]]
         per_seq_seconds = batch["attribute_seconds"] / max(1, len(batch["results"]))
         built = {
-            "sequences": tables.rows_table([self._sequence_row(r, s, per_seq_seconds) for (r, _), (_, s) in zip(batch["results"], aggregated, strict=True)], tables.SEQUENCES),
+            "sequences": tables.rows_table(
+                [
+                    self._sequence_row(r, s, per_seq_seconds)
+                    for (r, _), (_, s) in zip(batch["results"], aggregated, strict=True)
+                ],
+                tables.SEQUENCES,
+            ),
             "source_attributions": tables.attribution_table(aggregated, "source"),
             "target_attributions": tables.attribution_table(aggregated, "target"),
             "step_scores": tables.step_scores_table(aggregated, cfg.step_scores),
@@ -154,26 +177,45 @@ class CommitShard:
 
     def _aggregate(self, seq: FeatureAttributionSequenceOutput) -> FeatureAttributionSequenceOutput:
         if seq.attribution_dims:
-            return seq.aggregate(self.cfg.aggregate_fn if seq.attribution_dims == ("hidden",) else None, normalize=self.cfg.normalize)
+            return seq.aggregate(
+                self.cfg.aggregate_fn if seq.attribution_dims == ("hidden",) else None, normalize=self.cfg.normalize
+            )
         return seq.aggregate(normalize=self.cfg.normalize)
 
     def _sequence_row(self, r: dict, seq: FeatureAttributionSequenceOutput, seconds: float) -> dict:
         return {
-            "seq_id": r["seq_id"], "shard": r["shard"], "source_file": r["source_file"], "position": r["position"],
-            "source_text": r["source"], "target_text": r["generated_text"],
-            "source_tokens": [t.token for t in seq.source], "target_tokens": [t.token for t in seq.target],
-            "source_token_ids": [t.id for t in seq.source], "target_token_ids": [t.id for t in seq.target],
-            "attr_pos_start": seq.attr_pos_start, "attr_pos_end": seq.attr_pos_end, "n_steps": seq.n_steps,
-            "model": self.cfg.model, "method": self.cfg.method, "attributed_fn": self.cfg.attributed_fn,
-            "generated": r["generated"], "object_uri": r["object_uri"], "object_bytes": r["object_bytes"],
+            "seq_id": r["seq_id"],
+            "shard": r["shard"],
+            "source_file": r["source_file"],
+            "position": r["position"],
+            "source_text": r["source"],
+            "target_text": r["generated_text"],
+            "source_tokens": [t.token for t in seq.source],
+            "target_tokens": [t.token for t in seq.target],
+            "source_token_ids": [t.id for t in seq.source],
+            "target_token_ids": [t.id for t in seq.target],
+            "attr_pos_start": seq.attr_pos_start,
+            "attr_pos_end": seq.attr_pos_end,
+            "n_steps": seq.n_steps,
+            "model": self.cfg.model,
+            "method": self.cfg.method,
+            "attributed_fn": self.cfg.attributed_fn,
+            "generated": r["generated"],
+            "object_uri": r["object_uri"],
+            "object_bytes": r["object_bytes"],
             "attribute_seconds": seconds,
         }
 
     @staticmethod
     def _error_row(r: dict) -> dict:
         return {
-            "seq_id": r["seq_id"], "shard": r["shard"], "source_file": r["source_file"], "position": r["position"],
-            "input": r["source"][:MAX_INPUT_CHARS], "reason": r["error_reason"], "message": r["error_message"],
+            "seq_id": r["seq_id"],
+            "shard": r["shard"],
+            "source_file": r["source_file"],
+            "position": r["position"],
+            "input": r["source"][:MAX_INPUT_CHARS],
+            "reason": r["error_reason"],
+            "message": r["error_message"],
         }
 
 

@@ -44,7 +44,9 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, default=None, **kw)
     p.add_argument("--step-scores", nargs="*", default=None, help="step scores to store (default: probability)")
     p.add_argument("--method-args", type=_json, default=None, help="JSON method arguments, e.g. '{\"n_steps\": 20}'")
-    p.add_argument("--generation-args", type=_json, default=None, help="JSON generate() arguments when targets are absent")
+    p.add_argument(
+        "--generation-args", type=_json, default=None, help="JSON generate() arguments when targets are absent"
+    )
     p.add_argument("--attribute-target", action="store_true", default=None, help="also attribute the target prefix")
     p.add_argument("--save-granular", action="store_true", default=None, help="keep hidden-size tensors in the objects")
     p.add_argument("--local", action="store_true", help="run the blocks in this process, without Ray")

@@ -6,17 +6,20 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
+
+EXAMPLE_CORPUS = str(Path(__file__).resolve().parents[1] / "data" / "example_corpus.jsonl")
 
 
 @dataclass
 class PipelineConfig:
     """Every field has a default and a one-line reason."""
 
-    input: str = ""  # file, folder or glob, any fsspec URL (txt, jsonl, csv, parquet)
-    output: str = ""  # run prefix, any fsspec URL; rerunning with the same prefix resumes
+    input: str = EXAMPLE_CORPUS  # file, folder or glob, any fsspec URL (txt, jsonl, csv, parquet)
+    output: str = "out/run"  # run prefix, any fsspec URL; rerunning with the same prefix resumes
     model: str = "toy:translator"  # HF id, local folder or toy:<name>; the default needs no network
     method: str = "saliency"  # attribution method id
     input_format: str | None = None  # text|jsonl|csv|parquet; None: from the file extension
@@ -32,7 +35,7 @@ class PipelineConfig:
     save_granular: bool = False  # keep [tokens, steps, hidden] tensors in the objects (large!)
     scores_precision: str = "float32"  # precision of tensors in the per-sequence objects
     batch_size: int = 32  # sentences per forward pass (records are sorted by length within a shard)
-    shard_bytes: int = 1 << 20  # input bytes per shard: the unit of resume and of commit
+    shard_bytes: int = 256 << 10  # input bytes per shard: the unit of resume and of commit
     num_actors: int | None = None  # attribution actors; None: one per GPU, else 2 on CPU
     num_gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
     num_cpus_per_actor: float = 1.0  # CPU slots per actor (keep below the cluster's count)
@@ -61,9 +64,25 @@ class PipelineConfig:
 
     def fingerprint(self) -> str:
         """Hash of everything that changes results: a resumed run must match it."""
-        keys = ("input", "model", "method", "input_format", "source_column", "target_column", "attribute_target",
-                "attributed_fn", "step_scores", "method_args", "generation_args", "aggregate_fn", "normalize",
-                "save_granular", "scores_precision", "shard_bytes", "dtype")
+        keys = (
+            "input",
+            "model",
+            "method",
+            "input_format",
+            "source_column",
+            "target_column",
+            "attribute_target",
+            "attributed_fn",
+            "step_scores",
+            "method_args",
+            "generation_args",
+            "aggregate_fn",
+            "normalize",
+            "save_granular",
+            "scores_precision",
+            "shard_bytes",
+            "dtype",
+        )
         payload = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True, default=str)
         return hashlib.sha1(payload.encode()).hexdigest()[:16]
 

@@ -9,7 +9,11 @@ def table_glob(prefix: str, name: str) -> str:
 
 def print_summary(manifest: dict) -> None:
     this = manifest["this_run"]
-    rate = f"{this['records_per_s']:.1f} sentences/s, {this['target_tokens_per_s']:.1f} target tokens/s" if this["records_per_s"] else "nothing new to do"
+    rate = (
+        f"{this['records_per_s']:.1f} sentences/s, {this['target_tokens_per_s']:.1f} target tokens/s"
+        if this["records_per_s"]
+        else "nothing new to do"
+    )
     size = sum(manifest["bytes"].values())
     print(
         f"done: {manifest['records']} records ({manifest['ok']} ok, {manifest['errors']} errors) in "

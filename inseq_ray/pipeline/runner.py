@@ -102,7 +102,7 @@ def init_ray() -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=True)
 
 
 def run(cfg: PipelineConfig, progress: bool = True) -> dict:
@@ -116,8 +116,13 @@ def run(cfg: PipelineConfig, progress: bool = True) -> dict:
     done = {n.removesuffix(".json") for n in storage.list_names("_shards") if n.endswith(".json")}
     pending = [s for s in shards if s.shard_id not in done]
     start = time.perf_counter()
-    new = list(_track(run_ray(cfg, pending) if cfg.use_ray and pending else run_local(cfg, pending) if pending else [],
-                      sum(s.size for s in pending), progress))
+    new = list(
+        _track(
+            run_ray(cfg, pending) if cfg.use_ray and pending else run_local(cfg, pending) if pending else [],
+            sum(s.size for s in pending),
+            progress,
+        )
+    )
     elapsed = time.perf_counter() - start
     summaries = [storage.read_json("_shards", f"{s.shard_id}.json") for s in shards if s.shard_id in done] + new
     manifest = build_manifest(cfg, shards, summaries, len(new), elapsed)
@@ -184,8 +189,13 @@ def build_manifest(cfg: PipelineConfig, shards: list[Shard], summaries: list[dic
         "complete": True,
         "config": safe_config(cfg),
         "fingerprint": cfg.fingerprint(),
-        "versions": {"inseq_ray": inseq_ray.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "pyarrow": pyarrow.__version__, "python": platform.python_version()},
+        "versions": {
+            "inseq_ray": inseq_ray.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "pyarrow": pyarrow.__version__,
+            "python": platform.python_version(),
+        },
         "shards": len(shards),
         "shards_run_this_time": n_new,
         "records": total("records"),

@@ -43,7 +43,9 @@ def detect_format(path: str, fmt: str | None) -> str:
     for ext, name in FORMATS.items():
         if path.endswith(ext) or path.endswith(ext + ".gz"):
             return name
-    raise ValueError(f"Cannot tell the format of {path!r} from its extension; pass input_format (text, jsonl, csv, parquet).")
+    raise ValueError(
+        f"Cannot tell the format of {path!r} from its extension; pass input_format (text, jsonl, csv, parquet)."
+    )
 
 
 def list_inputs(url: str) -> tuple[fsspec.AbstractFileSystem, list[str], str]:
@@ -53,7 +55,11 @@ def list_inputs(url: str) -> tuple[fsspec.AbstractFileSystem, list[str], str]:
         paths = sorted(p for p in fs.glob(root) if fs.isfile(p))
         base = root.split("*")[0].rsplit("/", 1)[0]
     elif fs.isdir(root):
-        paths = sorted(p for p in fs.find(root) if any(p.endswith(e) for e in FORMATS) and not p.rsplit("/", 1)[-1].startswith((".", "_")))
+        paths = sorted(
+            p
+            for p in fs.find(root)
+            if any(p.endswith(e) for e in FORMATS) and not p.rsplit("/", 1)[-1].startswith((".", "_"))
+        )
         base = root.rstrip("/")
     else:
         paths, base = [root], root.rsplit("/", 1)[0]
@@ -85,7 +91,9 @@ def plan_shards(url: str, fmt: str | None = None, shard_bytes: int = 4 << 20) ->
             offset = 0
             for j in range(meta.num_row_groups):
                 rows = meta.row_group(j).num_rows
-                shards.append(Shard(f"{i:05d}-{j:05d}", full, rel, kind, j, j + 1, offset, size // max(1, meta.num_row_groups)))
+                shards.append(
+                    Shard(f"{i:05d}-{j:05d}", full, rel, kind, j, j + 1, offset, size // max(1, meta.num_row_groups))
+                )
                 offset += rows
         else:
             shards.append(Shard(f"{i:05d}-00000", full, rel, kind, 0, -1, size=size))
@@ -151,7 +159,14 @@ def _read_lines(shard: Shard, source_column: str, target_column: str | None) -> 
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            yield _record(shard, pos, raw.decode("utf-8", "backslashreplace"), None, "invalid_utf8", f"not UTF-8: {e.reason} at byte {e.start}")
+            yield _record(
+                shard,
+                pos,
+                raw.decode("utf-8", "backslashreplace"),
+                None,
+                "invalid_utf8",
+                f"not UTF-8: {e.reason} at byte {e.start}",
+            )
             continue
         if shard.fmt == "text":
             reason = "" if line.strip() else "empty"
@@ -194,10 +209,21 @@ def _read_table(shard: Shard, source_column: str, target_column: str | None) -> 
     if source_column not in table.column_names:
         raise ValueError(f"{shard.rel} has no column {source_column!r} (columns: {', '.join(table.column_names)}).")
     sources = table.column(source_column).to_pylist()
-    targets = table.column(target_column).to_pylist() if target_column and target_column in table.column_names else [None] * len(sources)
+    targets = (
+        table.column(target_column).to_pylist()
+        if target_column and target_column in table.column_names
+        else [None] * len(sources)
+    )
     for i, (src, tgt) in enumerate(zip(sources, targets, strict=True)):
         pos = shard.offset + i
         if not isinstance(src, str):
-            yield _record(shard, pos, "" if src is None else str(src), None, "empty" if src is None else "missing_column", "source is not text")
+            yield _record(
+                shard,
+                pos,
+                "" if src is None else str(src),
+                None,
+                "empty" if src is None else "missing_column",
+                "source is not text",
+            )
             continue
         yield _check_text(shard, pos, src, tgt if isinstance(tgt, str) else None)
