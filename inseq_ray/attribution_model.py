@@ -17,6 +17,7 @@ from inseq_ray.models.adapter import ModelAdapter
 from inseq_ray.models.encoding import (
     EncodedBatch,
     InputError,
+    check_length,
     check_texts,
     encode_decoder_only,
     encode_encoder_decoder,
@@ -187,6 +188,8 @@ class AttributionModel:
         return FeatureAttributionOutput([results[i] for i in range(len(inputs))], info)
 
     def _targets(self, inputs: list[str], generated, batch_size: int | None, generation_args: dict) -> tuple:
+        for i, ids in enumerate(self.tokenizer(inputs)["input_ids"]):  # before generate() can crash on them
+            check_length(ids, self.max_length, "input_texts", i)
         if generated is None:
             return self._generate(inputs, batch_size, generation_args)
         targets = [generated] if isinstance(generated, str) else list(generated)

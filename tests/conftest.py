@@ -37,3 +37,55 @@ def bart(model_dir):
     import inseq_ray
 
     return inseq_ray.load_model(model_dir["bart"], "saliency", device="cpu")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """moto's S3 server on 127.0.0.1 (free port); env points s3fs/pyarrow/polars/Ray workers at it."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing-key-id",
+        "AWS_SECRET_ACCESS_KEY": "testing-secret-value",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="inseq-test")
+    yield {"endpoint": endpoint, "bucket": "inseq-test", "env": env}
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3, tmp_path_factory):
+    """One in-process Ray for the session (4 logical CPUs), started after the S3 env is in place."""
+    import ray
+
+    fault_dir = tmp_path_factory.mktemp("faults")
+    os.environ["INSEQ_RAY_FAULT_KILL_ONCE_DIR"] = str(fault_dir)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield {"fault_dir": fault_dir}
+    ray.shutdown()

@@ -22,7 +22,7 @@ from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.shards import Shard, plan_shards
 from inseq_ray.storage import Storage, redact_url
 
-FAULT_ENV = "INSEQ_RAY_FAULT_KILL_ONCE"  # testing hook: path of a marker; the first worker to see it absent dies
+FAULT_ENV = "INSEQ_RAY_FAULT_KILL_ONCE_DIR"  # testing hook: a folder; see _maybe_inject_fault
 
 
 class ShardWorker:
@@ -54,9 +54,11 @@ def _py(value):
 
 
 def _maybe_inject_fault() -> None:
-    marker = os.environ.get(FAULT_ENV)
-    if marker and not os.path.exists(marker):
-        with open(marker, "w") as f:
+    """Testing hook: if ``$FAULT_ENV/armed`` exists and ``fired`` does not, kill this process mid-shard
+    (after its objects are written, before its commit), once."""
+    folder = os.environ.get(FAULT_ENV)
+    if folder and os.path.exists(os.path.join(folder, "armed")) and not os.path.exists(os.path.join(folder, "fired")):
+        with open(os.path.join(folder, "fired"), "w") as f:
             f.write(str(os.getpid()))
         os._exit(1)
 
