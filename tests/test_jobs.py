@@ -91,6 +91,7 @@ def test_ray_job_submit_of_the_shipped_entrypoint(tmp_path):
                 str(out),
                 "--quiet",
             ],
+            check=False,
             env=env,
             capture_output=True,
             text=True,
