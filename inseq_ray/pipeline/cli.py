@@ -50,6 +50,11 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attribute-target", action="store_true", default=None, help="also attribute the target prefix")
     p.add_argument("--save-granular", action="store_true", default=None, help="keep hidden-size tensors in the objects")
     p.add_argument("--local", action="store_true", help="run the blocks in this process, without Ray")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="estimate records, tokens, GPU-hours and output size from a sample; run nothing",
+    )
     p.add_argument("--no-report", action="store_true", help="do not print the polars summary at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -83,6 +88,11 @@ def run_dataset(args: argparse.Namespace) -> int:
     from inseq_ray.pipeline.runner import run
 
     cfg = config_from_args(args)
+    if args.dry_run:
+        from inseq_ray.pipeline.estimate import estimate, print_estimate
+
+        print_estimate(estimate(cfg))
+        return 0
     manifest = run(cfg, progress=not args.quiet)
     print_summary(manifest)
     if not args.no_report:

@@ -42,6 +42,7 @@ class PipelineConfig:
     device: str | None = None  # None: cuda when the actor has a GPU
     dtype: str | None = None  # bf16/fp16 on GPUs; None keeps the checkpoint's dtype
     use_ray: bool = True  # False: run the same blocks in a plain local loop
+    expected_records_per_gpu_s: float = 1500.0  # dry-run GPU-hour estimate (engine bench, ~20-token targets)
 
     @classmethod
     def from_yaml(cls, path: str) -> PipelineConfig:

@@ -1,0 +1,84 @@
+"""``--dry-run``: estimate a run's size before anything runs, from a sample of the corpus.
+
+Reads whole shards spread evenly over the corpus until ``sample_records`` records are seen (bytes per
+record -> estimated records; Parquet row counts are exact), attributes up to ``attribute_records`` of
+them locally through the real blocks (target tokens per record, bytes per record of every output),
+and turns ``expected_records_per_gpu_s`` into GPU-hours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+
+from inseq_ray.pipeline.blocks import BLOCKS
+from inseq_ray.pipeline.config import PipelineConfig
+from inseq_ray.pipeline.shards import plan_shards, read_shard
+
+
+def _spread(items: list, k: int) -> list:
+    """Up to ``k`` items evenly spaced over ``items`` (first and last included)."""
+    if len(items) <= k:
+        return items
+    step = (len(items) - 1) / (k - 1)
+    return [items[round(i * step)] for i in range(k)]
+
+
+def estimate(cfg: PipelineConfig, sample_records: int = 2000, attribute_records: int = 64) -> dict:
+    shards = plan_shards(cfg.input, cfg.input_format, cfg.shard_bytes)
+    total_bytes = sum(s.size for s in shards)
+    sampled, records, sampled_bytes = [], [], 0
+    for shard in _spread(shards, max(1, len(shards))):
+        if len(records) >= sample_records:
+            break
+        part = list(read_shard(shard, cfg.source_column, cfg.target_column))
+        records += part
+        sampled_bytes += shard.size
+        sampled.append(shard)
+    est_records = round(len(records) * total_bytes / max(sampled_bytes, 1))
+    good = [r for r in records if not r["error_reason"]]
+    measured = _measure(cfg, _spread(good, attribute_records)) if good else {"tokens": 0.0, "bytes": {}}
+    ok_share = len(good) / max(len(records), 1)
+    per_gpu = cfg.expected_records_per_gpu_s
+    return {
+        "shards": len(shards),
+        "input_bytes": total_bytes,
+        "sampled_records": len(records),
+        "estimated_records": est_records,
+        "estimated_ok_records": round(est_records * ok_share),
+        "target_tokens_per_record": measured["tokens"],
+        "estimated_target_tokens": round(est_records * ok_share * measured["tokens"]),
+        "bytes_per_record": measured["bytes"],
+        "estimated_output_bytes": round(est_records * sum(measured["bytes"].values())),
+        "expected_records_per_gpu_s": per_gpu,
+        "estimated_gpu_hours": est_records / per_gpu / 3600,
+    }
+
+
+def _measure(cfg: PipelineConfig, records: list[dict]) -> dict:
+    """Attribute ``records`` locally through the real blocks into a temp folder; per-record sizes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = dataclasses.replace(cfg, output=tmp, use_ray=False)
+        read, *rest = (block(local) for block in BLOCKS)
+        batch = {"shard": {"shard_id": "dryrun", "size": 0}, "records": records}
+        for block in rest:
+            batch = block(batch)
+        s = batch["summary"]
+    n = max(1, len(records))
+    ok = max(1, s["ok"])
+    return {"tokens": s["target_tokens"] / ok, "bytes": {k: v / n for k, v in s["bytes"].items()}}
+
+
+def print_estimate(e: dict) -> None:
+    print(f"input: {e['input_bytes'] / 1e6:.1f} MB in {e['shards']} shards; sampled {e['sampled_records']} records")
+    print(f"estimated records: {e['estimated_records']:,} ({e['estimated_ok_records']:,} attributable)")
+    print(
+        f"target tokens per record: {e['target_tokens_per_record']:.1f} -> {e['estimated_target_tokens']:,} target tokens"
+    )
+    print(
+        f"estimated GPU-hours: {e['estimated_gpu_hours']:.2f} at {e['expected_records_per_gpu_s']:.0f} records/s per GPU "
+        "(expected_records_per_gpu_s; measure yours with benchmarks/engine_bench.py)"
+    )
+    sizes = ", ".join(f"{k} {v:.0f}" for k, v in sorted(e["bytes_per_record"].items()))
+    print(f"bytes per record: {sizes}")
+    print(f"estimated output size: {e['estimated_output_bytes'] / 1e9:.2f} GB")
