@@ -59,7 +59,7 @@ def _measure(cfg: PipelineConfig, records: list[dict]) -> dict:
     """Attribute ``records`` locally through the real blocks into a temp folder; per-record sizes."""
     with tempfile.TemporaryDirectory() as tmp:
         local = dataclasses.replace(cfg, output=tmp, use_ray=False)
-        read, *rest = (block(local) for block in BLOCKS)
+        rest = [block(local) for block in BLOCKS[1:]]  # the records are already read
         batch = {"shard": {"shard_id": "dryrun", "size": 0}, "records": records}
         for block in rest:
             batch = block(batch)
