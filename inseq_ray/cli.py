@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
+
+from inseq_ray.pipeline.cli import add_dataset_parser
+from inseq_ray.pipeline.cli import json_object as _json
 
 ATTRIBUTE_EPILOG = """examples:
   inseq-ray attribute -m toy:translator -a saliency -i "the small cat sees a dog"
@@ -18,16 +20,6 @@ ATTRIBUTE_EPILOG = """examples:
 Models: a Hugging Face id or local folder; toy:gpt2, toy:bart (random, built locally) and
 toy:translator, toy:copier (trained on synthetic tasks, see inseq_ray.toy) need no network.
 """
-
-
-def _json(value: str) -> dict:
-    try:
-        out = json.loads(value)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg}): {value!r}") from None
-    if not isinstance(out, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"n_steps\": 20}}', got {value!r}")
-    return out
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -77,8 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", default=None, help="write a PNG heatmap of the first sequence here")
     p.add_argument("--hide", action="store_true", help="do not print the heatmap")
     p.set_defaults(func=run_attribute)
-    from inseq_ray.pipeline.cli import add_dataset_parser
-
     add_dataset_parser(sub)
     return parser
 

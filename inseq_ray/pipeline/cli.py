@@ -28,13 +28,14 @@ FLAG_FIELDS = {  # flag -> (config field, argparse kwargs)
 }
 
 
-def _json(value: str) -> dict:
+def json_object(value: str) -> dict:
+    """argparse type: a JSON object such as '{"n_steps": 20}'."""
     try:
         out = json.loads(value)
     except json.JSONDecodeError as e:
         raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg}): {value!r}") from None
     if not isinstance(out, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"n_steps\": 20}}', got {value!r}")
     return out
 
 
@@ -43,9 +44,11 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
     for flag, (_, kw) in FLAG_FIELDS.items():
         p.add_argument(flag, default=None, **kw)
     p.add_argument("--step-scores", nargs="*", default=None, help="step scores to store (default: probability)")
-    p.add_argument("--method-args", type=_json, default=None, help="JSON method arguments, e.g. '{\"n_steps\": 20}'")
     p.add_argument(
-        "--generation-args", type=_json, default=None, help="JSON generate() arguments when targets are absent"
+        "--method-args", type=json_object, default=None, help="JSON method arguments, e.g. '{\"n_steps\": 20}'"
+    )
+    p.add_argument(
+        "--generation-args", type=json_object, default=None, help="JSON generate() arguments when targets are absent"
     )
     p.add_argument("--attribute-target", action="store_true", default=None, help="also attribute the target prefix")
     p.add_argument("--save-granular", action="store_true", default=None, help="keep hidden-size tensors in the objects")
