@@ -63,19 +63,16 @@ def test_dockerfile_matches_pyproject_and_ci():
     parser = DockerfileParser(path=str(ROOT / "Dockerfile"))
     args = [i["value"] for i in parser.structure if i["instruction"] == "ARG"]
     assert f"RAY_VERSION={RAY_PIN}" in args
-    stages = [i for i in parser.structure if i["instruction"] == "FROM"]
-    assert {s["value"].split()[0] for s in stages} == {
-        "rayproject/ray:${RAY_VERSION}-py311",
-        "rayproject/ray:${RAY_VERSION}-py311-gpu",
-    }
-    assert "3.11" in PYPROJECT["project"]["requires-python"]
+    assert "VARIANT=-gpu" in args  # GPU by default; --build-arg VARIANT= gives the CPU image
+    assert parser.baseimage == "rayproject/ray:${RAY_VERSION}-py311${VARIANT}"
+    assert ">=3.11" in PYPROJECT["project"]["requires-python"]
     runs = [i["value"] for i in parser.structure if i["instruction"] == "RUN"]
     ci = (ROOT / ".ci/run").read_text()
-    assert "torch==2.13.0" in ci
-    for stage_runs in (runs[:2], runs[2:]):  # per stage: torch 2.13.0 first, then the project, as in .ci/run
-        assert "torch==2.13.0" in stage_runs[0] and stage_runs[1].endswith("pip install --no-cache-dir .")
+    # torch 2.13.0 first, then the project, as in .ci/run
+    assert ci.index("torch==2.13.0") < ci.index('install -q -e ".[dev]"')
+    assert len(runs) == 2 and "torch==2.13.0" in runs[0] and runs[1] == "pip install --no-cache-dir ."
     users = [i["value"] for i in parser.structure if i["instruction"] == "USER"]
-    assert users == ["ray", "ray"]
+    assert users == ["ray"]
     assert (ROOT / ".dockerignore").exists()
     docker_images = re.findall(r"image: (\S+)", (ROOT / "infra/aws/cluster.yaml").read_text())
     assert docker_images and all(PYPROJECT["project"]["version"] in img for img in docker_images)
