@@ -37,8 +37,11 @@ class Attribute:
     """records -> (record, aggregated sequence output) results, plus error rows. Loads the model once."""
 
     def __init__(self, cfg: PipelineConfig) -> None:
+        from transformers.utils import logging as hf_logging
+
         import inseq_ray
 
+        hf_logging.disable_progress_bar()  # this process is ours (an actor or the CLI): keep logs readable
         self.cfg = cfg
         self.model = inseq_ray.load_model(cfg.model, cfg.method, device=cfg.device, dtype=cfg.dtype)
 
