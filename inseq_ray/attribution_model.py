@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from inseq_ray.engine import MethodContext, MethodResult
+from inseq_ray.engine import MethodContext, MethodResult, StepPlan
 from inseq_ray.methods import get_method
 from inseq_ray.models import loading
 from inseq_ray.models.adapter import ModelAdapter
@@ -262,7 +262,8 @@ def build_sequences(
 ) -> list[FeatureAttributionSequenceOutput]:
     """Split (T, B, L, *extra) device tensors into per-sequence outputs, one host copy per tensor."""
     attrs = {k: v.transpose(0, 1) for k, v in result.attributions.items()}  # (B, T, L, *extra)
-    finite = torch.stack([v.isfinite().flatten(1).all(1) for v in attrs.values()]).all(0).cpu()  # (B,)
+    valid = StepPlan.from_batch(batch).valid  # (B, T): only real steps count
+    finite = torch.stack([(v.isfinite().flatten(2).all(2) | ~valid).all(1) for v in attrs.values()]).all(0).cpu()
     attrs = {k: v.cpu() for k, v in attrs.items()}
     scores = {k: v.cpu() for k, v in scores.items()}
     starts, ends = batch.attr_start.tolist(), batch.attr_end.tolist()

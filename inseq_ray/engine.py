@@ -141,6 +141,7 @@ class MethodContext:
             f = self.fn(StepFunctionArgs(self.adapter.head(leaf), tgt[s : s + chunk]), **self.fn_kwargs)
             f = torch.where(valid[s : s + chunk], f, torch.zeros_like(f))
             (out[s : s + chunk],) = torch.autograd.grad(f.sum(), leaf)
+        out = torch.where(valid[:, None], out, torch.zeros_like(out))  # empty cells contribute nothing, even NaN
         return out.view_as(rows).to(rows.dtype)
 
     def _vjps(self, states, leaves, plan, row_cot) -> list[tuple[torch.Tensor, ...]]:
