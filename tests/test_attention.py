@@ -161,3 +161,23 @@ def test_bad_selections_are_clear_errors(attn_models, kwargs, message):
     am, _ = attn_models["bart"]
     with pytest.raises(ValueError, match=message):
         am.attribute(SRC[:1], ENC_TGT[:1], show_progress=False, **kwargs)
+
+
+def test_seed_attention_examples_verbatim(attn_models):
+    """The release note's two attention calls, unchanged (the model stands for facebook/wmt19-en-de)."""
+    model, eager = attn_models["bart"]
+    text = "The developer argued with the designer because her idea cannot be implemented."
+    out = model.attribute(text)
+    seq = out[0]
+    assert seq.source_attributions.shape == (len(seq.source), seq.n_steps) and seq.n_steps > 0
+    with torch.no_grad():  # raw cross-attentions for exactly the generated ids: (layers, heads, steps, source)
+        raw = eager(
+            input_ids=torch.tensor([[t.id for t in seq.source]]),
+            decoder_input_ids=torch.tensor([[t.id for t in seq.target]]),
+            output_attentions=True,
+        ).cross_attentions
+    raw = torch.stack([layer[0, :, seq.attr_pos_start - 1 : seq.attr_pos_end - 1] for layer in raw])
+    assert torch.allclose(seq.source_attributions, raw[-1].mean(0).T, atol=1e-6)  # last layer, mean of heads
+    out = model.attribute(text, layers=(0, 5), heads=[0, 2, 5, 7], aggregate_heads_fn="max")
+    expected = raw[0:5].mean(0)[[0, 2, 5, 7]].max(0).values.T
+    assert torch.allclose(out[0].source_attributions, expected, atol=1e-6)

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One prepared GPU run (device tool): engine vs naive reference, GPT-2-small size, ~20-token targets,
+# saliency and integrated_gradients (50 steps), fp32 and bf16. Tried on CPU first with SMOKE=1.
+# On the device machine torch + transformers are installed; captum travels as a wheel in .whl/:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl captum==0.9.0
+#   (and run with carry [".whl"], prefixing: pip install -q --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp}
+n=${SMOKE:+4}; n=${n:-512}
+run() { PYTHONUNBUFFERED=1 python3 benchmarks/engine_bench.py "$@" 2>&1 | grep -v Warning | tee -a "$OUT/gpu_bench.txt"; }
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu_bench.txt" || true
+for dtype in fp32 bf16; do
+  run --model gpt2-small --method saliency --batch-size 64 --sentences "$n" --naive-sentences 8 --dtype $dtype
+  run --model gpt2-small --method saliency --batch-size 64 --sentences "$n" --naive-sentences 0 --dtype $dtype --vjp batched
+  run --model gpt2-small --method integrated_gradients --ig-steps 50 --internal-batch-size 1600 --batch-size 32 \
+      --sentences "$((n / 4))" --naive-sentences 2 --dtype $dtype
+done
