@@ -80,7 +80,10 @@ class Attribute:
         )
         for r, text in zip(records, out.info["generated_texts"], strict=True):
             r["generated_text"], r["generated"] = text, targets is None
-        return out.sequence_attributions
+        if cfg.save_granular:
+            return out.sequence_attributions
+        # objects then hold exactly the scores of the tables (hidden dim already reduced on the device)
+        return [seq.aggregate(normalize=cfg.normalize) for seq in out.sequence_attributions]
 
     def _attribute_isolating_errors(self, records: list[dict]) -> tuple[list, list]:
         """All at once; if that fails, one by one so that only the bad records become errors."""

@@ -48,3 +48,10 @@ def print_report(prefix: str) -> None:
     if errors.height:
         print("\nerrors by reason:")
         print(errors)
+    first = pl.scan_parquet(table_glob(prefix, "sequences")).select("seq_id", "object_uri").head(1).collect()
+    if first.height:
+        from inseq_ray.output import FeatureAttributionOutput
+
+        seq_id, uri = first.row(0)
+        print(f"\nsequence {seq_id}, from {uri}:")
+        FeatureAttributionOutput.load(uri).show()
