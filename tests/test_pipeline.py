@@ -111,6 +111,11 @@ def test_local_run_on_every_format_with_bad_records(tmp_path):
         .agg(pl.col("score").sum())
     )
     assert sums["score"].to_list() == pytest.approx([1.0] * sums.height, abs=1e-5)
+    # the documented ways to read the tables: polars with a recursive glob, pandas on the folder
+    import pandas as pd
+
+    assert pl.scan_parquet(f"{out}/tables/sequences/**/*.parquet").collect().height == seqs.height
+    assert len(pd.read_parquet(out / "tables" / "step_scores")) == read_table(out, "step_scores").height
     # rerunning a complete run does nothing
     assert run(cfg, progress=False)["records"] == manifest["records"]
 
