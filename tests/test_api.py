@@ -309,3 +309,19 @@ def test_step_function_registry_ids():
         "deeplift",
         "gradient_shap",
     }
+
+
+def test_pickled_weights_need_an_explicit_opt_in(tmp_path):
+    import os
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from inseq_ray.toy import train_tokenizer
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=500, bos_token_id=1, eos_token_id=2))
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), os.path.join(tmp_path, "pytorch_model.bin"))
+    train_tokenizer(500).save_pretrained(tmp_path)
+    with pytest.raises(OSError, match="no safetensors weights.*use_safetensors=False"):
+        inseq.load_model(str(tmp_path))
+    assert inseq.load_model(str(tmp_path), use_safetensors=False).model.config.n_layer == 1

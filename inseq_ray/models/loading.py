@@ -66,7 +66,15 @@ def load_hf_model(
         model_kwargs.setdefault("use_safetensors", True)
         if dtype is not None:
             model_kwargs["dtype"] = dtype
-        hf_model = auto_cls.from_pretrained(model, trust_remote_code=trust_remote_code, **model_kwargs)
+        try:
+            hf_model = auto_cls.from_pretrained(model, trust_remote_code=trust_remote_code, **model_kwargs)
+        except OSError as e:
+            if model_kwargs.get("use_safetensors") and "safetensors" in str(e).lower():
+                raise OSError(
+                    f"{model!r} has no safetensors weights. Pickled weights can run code when loaded: if you "
+                    "trust this checkpoint, pass use_safetensors=False to load_model."
+                ) from e
+            raise
     if not getattr(hf_model, "hf_device_map", None):
         hf_model = hf_model.to(device)
     return hf_model.eval()
