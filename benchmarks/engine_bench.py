@@ -73,7 +73,13 @@ def n_target_tokens(out) -> int:
 
 
 def time_engine(am, src, tgt, args) -> tuple[float, int]:
-    kw = {"method": args.method, "batch_size": args.batch_size, "show_progress": False, "vjp": args.vjp}
+    kw = {
+        "method": args.method,
+        "batch_size": args.batch_size,
+        "show_progress": False,
+        "vjp": args.vjp,
+        "step_blocks": args.step_blocks,
+    }
     if args.method == "integrated_gradients":
         kw.update(n_steps=args.ig_steps, internal_batch_size=args.internal_batch_size)
     am.attribute(src[: args.batch_size], tgt[: args.batch_size], **kw)  # warm-up
@@ -113,6 +119,7 @@ def main() -> None:
     p.add_argument("--ig-steps", type=int, default=50)
     p.add_argument("--internal-batch-size", type=int, default=None)
     p.add_argument("--vjp", default="loop", choices=["loop", "batched"])
+    p.add_argument("--step-blocks", type=int, default=None, help="forwards per batch (default: 1 on GPUs, 4 on CPUs)")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
@@ -124,7 +131,9 @@ def main() -> None:
     )
     src, tgt = corpus(max(args.sentences, args.naive_sentences), am.is_encoder_decoder)
     dev = torch.cuda.get_device_name() if am.device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"# {args.model} {args.method} dtype={args.dtype} batch={args.batch_size} vjp={args.vjp} on {dev}")
+    print(
+        f"# {args.model} {args.method} dtype={args.dtype} batch={args.batch_size} vjp={args.vjp} step_blocks={args.step_blocks} on {dev}"
+    )
     print(f"{'system':<28}{'sentences':>10}{'seconds':>10}{'sent/s':>10}{'tok/s':>10}")
     rows = [
         ("engine (one forward)", *time_engine(am, src[: args.sentences], tgt[: args.sentences], args), args.sentences)

@@ -49,6 +49,10 @@ class StepPlan:
     def repeat(self, r: int) -> StepPlan:
         return StepPlan(self.positions.repeat(r, 1), self.valid.repeat(r, 1), self.target_ids.repeat(r, 1))
 
+    def slice(self, t0: int, t1: int) -> StepPlan:
+        """Steps t0..t1-1 only."""
+        return StepPlan(self.positions[:, t0:t1], self.valid[:, t0:t1], self.target_ids[:, t0:t1])
+
 
 @dataclass
 class MethodResult:
@@ -71,9 +75,10 @@ class MethodContext:
         fn_kwargs: dict,
         baseline_ids: dict[str, torch.Tensor],
         vjp: str = "loop",
+        blocks: int = 1,
     ) -> None:
         self.adapter, self.batch, self.attributed = adapter, batch, attributed
-        self.fn, self.fn_kwargs, self.vjp = attributed_fn, fn_kwargs, vjp
+        self.fn, self.fn_kwargs, self.vjp, self.blocks = attributed_fn, fn_kwargs, vjp, blocks
         self.plan = StepPlan.from_batch(batch)
         with torch.no_grad():
             self.embeds = self._embed(batch.source_ids, batch.target_ids)  # name -> (B, L, H)
@@ -95,39 +100,57 @@ class MethodContext:
             out["source"] = self.adapter.embed_source(source_ids)
         return out
 
-    def forward_inputs(self, embeds: dict[str, torch.Tensor], r: int) -> ForwardInputs:
-        """Forward inputs for R stacked copies; missing names take the (repeated) real embeddings."""
+    def forward_inputs(self, embeds: dict[str, torch.Tensor], r: int, length: int | None = None) -> ForwardInputs:
+        """Forward inputs for R stacked copies; missing names take the (repeated) real embeddings.
+
+        ``length`` truncates the decoder side (exact under causal masking for the steps it covers).
+        """
 
         def pick(name: str) -> torch.Tensor | None:
-            if name in embeds:
-                return embeds[name]
-            return self.embeds[name].repeat(r, 1, 1) if name in self.embeds else None
+            x = embeds[name] if name in embeds else self.embeds[name].repeat(r, 1, 1) if name in self.embeds else None
+            return x[:, :length] if name == "target" and x is not None and length is not None else x
 
         b = self.batch
         return ForwardInputs(
             target_embeds=pick("target"),
-            target_mask=b.target_mask.repeat(r, 1),
+            target_mask=b.target_mask.repeat(r, 1)[:, :length],
             source_embeds=pick("source"),
             source_mask=None if b.source_mask is None else b.source_mask.repeat(r, 1),
         )
+
+    def step_blocks(self) -> list[tuple[int, int]]:
+        """Contiguous step ranges, one forward each (one range unless ``blocks`` > 1)."""
+        t = self.n_steps
+        k = max(1, min(self.blocks, t))
+        bounds = [round(i * t / k) for i in range(k + 1)]
+        return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
     # ---- the one forward + per-step VJPs -----------------------------------------------------
     def run(self, embeds: dict[str, torch.Tensor], r: int, combine: Combine, at_input: bool = False) -> dict:
         """Forward (R*B rows) once; return name -> (T, B, L, H) of ``combine``d per-step gradients.
 
         ``embeds`` maps each attributed name to (R*B, L, H) leaf tensors. ``at_input`` marks that the
-        first B rows are the real inputs, so their state rows can serve the step scores.
+        first B rows are the real inputs, so their state rows can serve the step scores. With
+        ``blocks`` > 1, each block of steps gets its own forward, truncated after the block's last
+        predicting position, so that the backward passes run over shorter sequences.
         """
         leaves = {k: v.detach().requires_grad_(True) for k, v in embeds.items()}
-        with torch.enable_grad():
-            states = self.adapter.states(self.forward_inputs(leaves, r))  # (RB, L, H)
-            plan = self.plan.repeat(r)
-            rows = gather_rows(states, plan.positions - 1)  # (RB, T, H)
-            if at_input:
-                self._input_rows = rows[: self.batch.size].detach()
-            row_cot = self._row_cotangents(rows.detach(), plan)  # (RB, T, H)
-            names = list(leaves)
-            grads = self._vjps(states, [leaves[n] for n in names], plan, row_cot)
+        names = list(leaves)
+        plan = self.plan.repeat(r)
+        grads: list[tuple[torch.Tensor, ...]] = []
+        input_rows = []
+        for t0, t1 in self.step_blocks():
+            sub = plan.slice(t0, t1)
+            length = int(sub.positions.max()) if self.blocks > 1 else None  # states up to the last p - 1
+            with torch.enable_grad():
+                states = self.adapter.states(self.forward_inputs(leaves, r, length))  # (RB, L', H)
+                rows = gather_rows(states, sub.positions - 1)  # (RB, T', H)
+                input_rows.append(rows[: self.batch.size].detach())
+                row_cot = self._row_cotangents(rows.detach(), sub)  # (RB, T', H)
+                grads += self._vjps(states, [leaves[n] for n in names], sub, row_cot)
+            del states, rows
+        if at_input:
+            self._input_rows = torch.cat(input_rows, dim=1)
         return {n: torch.stack([combine(n, g[i].float()) for g in grads]) for i, n in enumerate(names)}
 
     def _row_cotangents(self, rows: torch.Tensor, plan: StepPlan) -> torch.Tensor:
@@ -146,7 +169,7 @@ class MethodContext:
 
     def _vjps(self, states, leaves, plan, row_cot) -> list[tuple[torch.Tensor, ...]]:
         """T VJPs from the state rows back to the leaves: a loop, or one vmapped call."""
-        t_steps = self.n_steps
+        t_steps = plan.positions.shape[1]
         idx = torch.arange(states.shape[0], device=states.device)
         pos = (plan.positions - 1).clamp(min=0)  # (RB, T)
         if self.vjp == "batched":

@@ -138,3 +138,31 @@ def test_ig_internal_batching_changes_nothing(request, model_name):
             x, y = getattr(a, name), getattr(b, name)
             if x is not None:
                 assert (x - y).nan_to_num().abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "deeplift", "gradient_shap"])
+@pytest.mark.parametrize(("model_name", "attribute_target"), CASES)
+def test_step_blocks_change_nothing(request, method, model_name, attribute_target):
+    """Truncated per-block forwards give the one-forward result (causal masking makes them exact)."""
+    am = request.getfixturevalue(model_name)
+    targets = ENC_TARGETS if am.is_encoder_decoder else DEC_TARGETS
+    kw = {
+        **METHODS[method],
+        "method": method,
+        "attribute_target": attribute_target,
+        "show_progress": False,
+        "step_scores": ["probability"],
+    }
+    outs = []
+    for blocks in (1, 3, 50):
+        if method == "gradient_shap":
+            kw["generator"] = torch.Generator().manual_seed(0)
+        outs.append(am.attribute(SOURCES, targets, step_blocks=blocks, **kw))
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            assert torch.allclose(a.step_scores["probability"], b.step_scores["probability"], atol=1e-6)
+            for name in ("source_attributions", "target_attributions"):
+                x, y = getattr(a, name), getattr(b, name)
+                if x is not None:
+                    assert torch.equal(x.isnan(), y.isnan())
+                    assert (x - y).nan_to_num().abs().max() <= 1e-6
