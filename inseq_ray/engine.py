@@ -10,6 +10,7 @@ runs for every step). Everything stays on the device until the caller copies the
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -123,7 +124,7 @@ class MethodContext:
         t = self.n_steps
         k = max(1, min(self.blocks, t))
         bounds = [round(i * t / k) for i in range(k + 1)]
-        return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+        return [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
     # ---- the one forward + per-step VJPs -----------------------------------------------------
     def run(self, embeds: dict[str, torch.Tensor], r: int, combine: Combine, at_input: bool = False) -> dict:
