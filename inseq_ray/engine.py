@@ -138,7 +138,12 @@ class MethodContext:
         leaves = {k: v.detach().requires_grad_(True) for k, v in embeds.items()}
         names = list(leaves)
         plan = self.plan.repeat(r)
-        grads: list[tuple[torch.Tensor, ...]] = []
+        combined: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+
+        def keep(step_grads: tuple[torch.Tensor, ...]) -> None:  # combine each step at once: (R*B, ...) -> (B, ...)
+            for n, g in zip(names, step_grads, strict=True):
+                combined[n].append(combine(n, g.float()))
+
         input_rows = []
         for t0, t1 in self.step_blocks():
             sub = plan.slice(t0, t1)
@@ -148,11 +153,11 @@ class MethodContext:
                 rows = gather_rows(states, sub.positions - 1)  # (RB, T', H)
                 input_rows.append(rows[: self.batch.size].detach())
                 row_cot = self._row_cotangents(rows.detach(), sub)  # (RB, T', H)
-                grads += self._vjps(states, [leaves[n] for n in names], sub, row_cot)
+                self._vjps(states, [leaves[n] for n in names], sub, row_cot, keep)
             del states, rows
         if at_input:
             self._input_rows = torch.cat(input_rows, dim=1)
-        return {n: torch.stack([combine(n, g[i].float()) for g in grads]) for i, n in enumerate(names)}
+        return {n: torch.stack(v) for n, v in combined.items()}
 
     def _row_cotangents(self, rows: torch.Tensor, plan: StepPlan) -> torch.Tensor:
         """d f / d row for every (row, step): one backward through the head, chunked over rows."""
@@ -168,8 +173,8 @@ class MethodContext:
         out = torch.where(valid[:, None], out, torch.zeros_like(out))  # empty cells contribute nothing, even NaN
         return out.view_as(rows).to(rows.dtype)
 
-    def _vjps(self, states, leaves, plan, row_cot) -> list[tuple[torch.Tensor, ...]]:
-        """T VJPs from the state rows back to the leaves: a loop, or one vmapped call."""
+    def _vjps(self, states, leaves, plan, row_cot, keep: Callable[[tuple], None]) -> None:
+        """T VJPs from the state rows back to the leaves (a loop, or one vmapped call); ``keep`` gets each."""
         t_steps = plan.positions.shape[1]
         idx = torch.arange(states.shape[0], device=states.device)
         pos = (plan.positions - 1).clamp(min=0)  # (RB, T)
@@ -178,13 +183,13 @@ class MethodContext:
             for t in range(t_steps):
                 cot[t, idx, pos[:, t]] = row_cot[:, t]
             grads = torch.autograd.grad(states, leaves, cot, is_grads_batched=True)
-            return [tuple(g[t] for g in grads) for t in range(t_steps)]
-        out = []
+            for t in range(t_steps):
+                keep(tuple(g[t] for g in grads))
+            return
         for t in range(t_steps):
             cot = torch.zeros_like(states)
             cot[idx, pos[:, t]] = row_cot[:, t]
-            out.append(torch.autograd.grad(states, leaves, cot, retain_graph=t < t_steps - 1))
-        return out
+            keep(torch.autograd.grad(states, leaves, cot, retain_graph=t < t_steps - 1))
 
     @property
     def vocab_size(self) -> int:
