@@ -8,8 +8,16 @@ import json
 from inseq_ray.pipeline.config import PipelineConfig
 
 FLAG_FIELDS = {  # flag -> (config field, argparse kwargs)
-    "--input": ("input", {"help": "file, folder or glob (any fsspec URL): txt, jsonl, csv, parquet"}),
-    "--output": ("output", {"help": "run prefix (any fsspec URL); rerun with the same prefix to resume"}),
+    "--input": (
+        "input",
+        {
+            "help": "file, folder or glob (any fsspec URL): txt, jsonl, csv, parquet (default: the bundled example corpus)"
+        },
+    ),
+    "--output": (
+        "output",
+        {"help": "run prefix (any fsspec URL); rerun with the same prefix to resume (default: out/run)"},
+    ),
     "--model": ("model", {"help": "HF id, local folder or toy:<name> (default: toy:translator)"}),
     "--method": ("method", {"help": "attribution method (default: saliency)"}),
     "--input-format": ("input_format", {"help": "text|jsonl|csv|parquet (default: from the extension)"}),
