@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -140,6 +141,19 @@ class AttributionModel:
             step_blocks = 1 if self.device.type == "cuda" else CPU_STEP_BLOCKS
         if not isinstance(step_blocks, int) or step_blocks < 1:
             raise ValueError(f"step_blocks must be a positive int, got {step_blocks!r}.")
+        plan = _BatchPlan(
+            method_fn,
+            method_kw,
+            fn,
+            fn_kw,
+            score_fns,
+            step_scores_args or {},
+            attribute_target or not self.is_encoder_decoder,
+            include_eos_baseline,
+            vjp,
+            aggregate_hidden_fn,
+            step_blocks,
+        )
         targets, target_ids = self._targets(inputs, generated_texts, batch_size, dict(generation_args or {}))
         order = sorted(range(len(inputs)), key=lambda i: len(targets[i]) + len(inputs[i]))
         size = batch_size or len(inputs)
@@ -151,21 +165,7 @@ class AttributionModel:
             batch = self._encode(
                 [inputs[i] for i in idx], [targets[i] for i in idx], (attr_pos_start, attr_pos_end), ids
             )
-            seqs = self._attribute_batch(
-                batch,
-                method_fn,
-                method_kw,
-                fn,
-                fn_kw,
-                score_fns,
-                step_scores_args or {},
-                attribute_target,
-                include_eos_baseline,
-                vjp,
-                idx,
-                aggregate_hidden_fn,
-                step_blocks,
-            )
+            seqs = self._attribute_batch(batch, plan, idx)
             results.update(zip(idx, seqs, strict=True))
             progress.update(len(idx))
         progress.close()
@@ -225,35 +225,39 @@ class AttributionModel:
         return base
 
     def _attribute_batch(
-        self,
-        batch,
-        method_fn,
-        method_kw,
-        fn,
-        fn_kw,
-        score_fns,
-        scores_kw,
-        attribute_target,
-        include_eos,
-        vjp,
-        idx,
-        aggregate_hidden_fn=None,
-        step_blocks=1,
+        self, batch: EncodedBatch, plan: _BatchPlan, idx: list[int]
     ) -> list[FeatureAttributionSequenceOutput]:
         batch = batch.to(self.device)
-        attributed = ("source", "target") if attribute_target else ("source",)
+        attributed = ("source", "target") if plan.attribute_target else ("source",)
         if not self.is_encoder_decoder:
             attributed = ("target",)
-        baselines = {"target": self.baseline_ids(batch.target_ids, include_eos)}
+        baselines = {"target": self.baseline_ids(batch.target_ids, plan.include_eos_baseline)}
         if batch.source_ids is not None:
-            baselines["source"] = self.baseline_ids(batch.source_ids, include_eos)
-        ctx = MethodContext(self.adapter, batch, attributed, fn, fn_kw, baselines, vjp, step_blocks)
-        result: MethodResult = method_fn(ctx, **method_kw)
-        scores = {name: ctx.step_values(f, scores_kw.get(name, {})) for name, f in score_fns.items()}
+            baselines["source"] = self.baseline_ids(batch.source_ids, plan.include_eos_baseline)
+        ctx = MethodContext(self.adapter, batch, attributed, plan.fn, plan.fn_kw, baselines, plan.vjp, plan.step_blocks)
+        result: MethodResult = plan.method_fn(ctx, **plan.method_kw)
+        scores = {name: ctx.step_values(f, plan.scores_kw.get(name, {})) for name, f in plan.score_fns.items()}
         scores.update(result.step_scores)
-        if aggregate_hidden_fn is not None and result.dims == ("hidden",):
-            result = reduce_hidden_on_device(result, aggregate_hidden_fn)
+        if plan.aggregate_hidden_fn is not None and result.dims == ("hidden",):
+            result = reduce_hidden_on_device(result, plan.aggregate_hidden_fn)
         return build_sequences(batch, result, scores, idx)
+
+
+@dataclass(frozen=True)
+class _BatchPlan:
+    """What every batch of one ``attribute()`` call does (resolved once)."""
+
+    method_fn: Callable
+    method_kw: dict
+    fn: Callable
+    fn_kw: dict
+    score_fns: dict[str, Callable]
+    scores_kw: dict
+    attribute_target: bool
+    include_eos_baseline: bool
+    vjp: str
+    aggregate_hidden_fn: str | None
+    step_blocks: int
 
 
 def reduce_hidden_on_device(result: MethodResult, fn_id: str) -> MethodResult:
