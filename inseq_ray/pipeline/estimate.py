@@ -69,8 +69,16 @@ def _measure(cfg: PipelineConfig, records: list[dict]) -> dict:
     return {"tokens": s["target_tokens"] / ok, "bytes": {k: v / n for k, v in s["bytes"].items()}}
 
 
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 def print_estimate(e: dict) -> None:
-    print(f"input: {e['input_bytes'] / 1e6:.1f} MB in {e['shards']} shards; sampled {e['sampled_records']} records")
+    print(f"input: {human_bytes(e['input_bytes'])} in {e['shards']} shards; sampled {e['sampled_records']} records")
     print(f"estimated records: {e['estimated_records']:,} ({e['estimated_ok_records']:,} attributable)")
     print(
         f"target tokens per record: {e['target_tokens_per_record']:.1f} -> {e['estimated_target_tokens']:,} target tokens"
@@ -81,4 +89,4 @@ def print_estimate(e: dict) -> None:
     )
     sizes = ", ".join(f"{k} {v:.0f}" for k, v in sorted(e["bytes_per_record"].items()))
     print(f"bytes per record: {sizes}")
-    print(f"estimated output size: {e['estimated_output_bytes'] / 1e9:.2f} GB")
+    print(f"estimated output size: {human_bytes(e['estimated_output_bytes'])}")
