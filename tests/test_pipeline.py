@@ -253,3 +253,35 @@ def test_resume_after_the_driver_is_killed(tmp_path, ray_local):
     for name, mtime in done_before.items():  # completed work was not redone
         assert (shards_dir / name).stat().st_mtime_ns == mtime
     check_complete(out, n)
+
+
+def test_decoder_only_run_and_granular_objects(tmp_path):
+    """A decoder-only model: prefix attributions land in target_attributions; granular objects keep hidden dims."""
+    from inseq_ray.toy_tasks import copy_corpus
+
+    data = copy_corpus(12, seed=4)
+    corpus = tmp_path / "c.jsonl"
+    with open(corpus, "w") as f:
+        for i, (prompt, full, _) in enumerate(data):
+            f.write(json.dumps({"source": prompt, "target": full} if i % 2 else {"source": prompt}) + "\n")
+        f.write(json.dumps({"source": "copy: s1 s2 =", "target": "something else entirely"}) + "\n")
+    out = tmp_path / "run"
+    cfg = PipelineConfig(
+        input=str(corpus),
+        output=str(out),
+        model="toy:copier",
+        use_ray=False,
+        save_granular=True,
+        generation_args={"max_new_tokens": 8},
+    )
+    run(cfg, progress=False)
+    _, seqs, errs = check_complete(out, len(data) + 1)
+    assert errs["reason"].to_list() == ["target_mismatch"]
+    assert read_table(out, "source_attributions").height == 0
+    tgt = read_table(out, "target_attributions")
+    assert (tgt["attributed_pos"] < tgt["target_pos"]).all()
+    # the copier copies: each generated symbol's top-attributed prompt token is mostly the one it copies
+    top = tgt.sort("score", descending=True).group_by("seq_id", "step").first()
+    assert (top["attributed_token"] == top["target_token"]).mean() > 0.3
+    obj = inseq.FeatureAttributionOutput.load(seqs["object_uri"][0])
+    assert obj[0].attribution_dims == ("hidden",) and obj[0].target_attributions.shape[-1] == 64
