@@ -2,7 +2,7 @@
 
 from inseq_ray.aggregation import list_aggregation_functions, register_aggregation_function
 from inseq_ray.attribution_model import AttributionModel, load_model
-from inseq_ray.methods import list_feature_attribution_methods
+from inseq_ray.methods import list_feature_attribution_methods, register_attribution_method
 from inseq_ray.models.encoding import InputError
 from inseq_ray.output import (
     FeatureAttributionOutput,
@@ -29,5 +29,6 @@ __all__ = [
     "load_model",
     "merge_attributions",
     "register_aggregation_function",
+    "register_attribution_method",
     "register_step_function",
 ]

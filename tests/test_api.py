@@ -325,3 +325,22 @@ def test_pickled_weights_need_an_explicit_opt_in(tmp_path):
     with pytest.raises(OSError, match="no safetensors weights.*use_safetensors=False"):
         inseq.load_model(str(tmp_path))
     assert inseq.load_model(str(tmp_path), use_safetensors=False).model.config.n_layer == 1
+
+
+def test_register_a_custom_method(bart):
+    from inseq_ray.engine import MethodResult
+    from inseq_ray.methods import METHODS
+
+    def signed_grad(ctx, scale: float = 1.0):  # a new method in five lines, on the same one-forward schedule
+        grads = ctx.run(ctx.attributed_embeds(), 1, lambda name, g: g, at_input=True)
+        return MethodResult({k: scale * g for k, g in grads.items()})
+
+    inseq.register_attribution_method(signed_grad, "signed_grad_test")
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            inseq.register_attribution_method(signed_grad, "signed_grad_test")
+        ours = bart.attribute(SRC[:1], ["one two"], method="signed_grad_test", scale=2.0, show_progress=False)[0]
+        sal = bart.attribute(SRC[:1], ["one two"], method="saliency", show_progress=False)[0]
+        assert torch.allclose(ours.source_attributions.abs(), 2 * sal.source_attributions, atol=1e-7)
+    finally:
+        METHODS.pop("signed_grad_test", None)
