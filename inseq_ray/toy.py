@@ -102,8 +102,46 @@ def build_tiny_model(
             init_std=init_std,
         )
         model = BartForConditionalGeneration(config)
+    elif kind == "llama":  # Llama-style: BOS added, RMSNorm, rotary positions, SiLU
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        tokenizer = train_tokenizer(vocab_size, bos_template=True)
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=max(1, heads // 2),
+            max_position_embeddings=max_positions,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+            initializer_range=init_std,
+            tie_word_embeddings=False,
+        )
+        model = LlamaForCausalLM(config)
+    elif kind == "t5":  # T5: relative attention bias, decoder output rescaled before the tied LM head
+        from transformers import T5Config, T5ForConditionalGeneration
+
+        tokenizer = train_tokenizer(vocab_size, eos_template=True)
+        config = T5Config(
+            vocab_size=len(tokenizer),
+            d_model=hidden,
+            d_kv=hidden // heads,
+            d_ff=hidden * 2,
+            num_layers=layers,
+            num_heads=heads,
+            pad_token_id=0,
+            eos_token_id=2,
+            decoder_start_token_id=0,
+            initializer_factor=init_std * 5,
+            tie_word_embeddings=True,
+            feed_forward_proj="relu",
+        )
+        model = T5ForConditionalGeneration(config)
     else:
-        raise ValueError(f"Unknown toy model kind {kind!r}; valid: bart, gpt2.")
+        raise ValueError(f"Unknown toy model kind {kind!r}; valid: bart, gpt2, llama, t5.")
     model.eval()
     model.generation_config.pad_token_id = 0
     model.save_pretrained(path)

@@ -22,6 +22,9 @@ def model_dir(tmp_path_factory):
         # init_std=0.2: peaked outputs, so gradients are far above the 1e-5 tolerance.
         # relu activation: DeepLift's rescale rule applies to nn.ReLU modules
         "bart": str(build_tiny_model("bart", root / "bart", activation="relu", init_std=0.2)),
+        # Llama-style (BOS, RMSNorm, rotary) and T5 (relative bias; rescaled tied head -> "full" mode)
+        "llama": str(build_tiny_model("llama", root / "llama", init_std=0.2)),
+        "t5": str(build_tiny_model("t5", root / "t5", init_std=0.2)),
     }
 
 
@@ -37,6 +40,20 @@ def bart(model_dir):
     import inseq_ray
 
     return inseq_ray.load_model(model_dir["bart"], "saliency", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def llama(model_dir):
+    import inseq_ray
+
+    return inseq_ray.load_model(model_dir["llama"], "saliency", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def t5(model_dir):
+    import inseq_ray
+
+    return inseq_ray.load_model(model_dir["t5"], "saliency", device="cpu")
 
 
 def _free_port() -> int:

@@ -18,7 +18,7 @@ METHODS = {
     "deeplift": {},
     "gradient_shap": {"n_samples": 3, "stdevs": 0.1},
 }
-CASES = [("gpt2", True), ("bart", False), ("bart", True)]
+CASES = [("gpt2", True), ("bart", False), ("bart", True), ("llama", True), ("t5", True)]
 
 
 def _record_shap_draws(monkeypatch):
@@ -141,7 +141,7 @@ def test_ig_internal_batching_changes_nothing(request, model_name):
 
 
 @pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "deeplift", "gradient_shap"])
-@pytest.mark.parametrize(("model_name", "attribute_target"), CASES)
+@pytest.mark.parametrize(("model_name", "attribute_target"), CASES[:3])
 def test_step_blocks_change_nothing(request, method, model_name, attribute_target):
     """Truncated per-block forwards give the one-forward result (causal masking makes them exact)."""
     am = request.getfixturevalue(model_name)
@@ -166,3 +166,9 @@ def test_step_blocks_change_nothing(request, method, model_name, attribute_targe
                 if x is not None:
                     assert torch.equal(x.isnan(), y.isnan())
                     assert (x - y).nan_to_num().abs().max() <= 1e-6
+
+
+def test_head_modes(llama, t5):
+    """The split head is used where it reproduces the model's logits, the full logits elsewhere (T5)."""
+    assert llama.adapter.mode == "split"
+    assert t5.adapter.mode == "full"
