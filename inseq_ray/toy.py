@@ -102,6 +102,30 @@ def build_tiny_model(
             init_std=init_std,
         )
         model = BartForConditionalGeneration(config)
+    elif kind == "marian":  # Marian: sinusoidal positions, final_logits_bias, decoder starts from <pad>
+        from transformers import MarianConfig, MarianMTModel
+
+        tokenizer = train_tokenizer(vocab_size, eos_template=True)
+        config = MarianConfig(
+            vocab_size=len(tokenizer),
+            d_model=hidden,
+            encoder_layers=layers,
+            decoder_layers=layers,
+            encoder_attention_heads=heads,
+            decoder_attention_heads=heads,
+            encoder_ffn_dim=hidden * 2,
+            decoder_ffn_dim=hidden * 2,
+            max_position_embeddings=max_positions,
+            pad_token_id=0,
+            eos_token_id=2,
+            decoder_start_token_id=0,
+            forced_eos_token_id=None,
+            init_std=init_std,
+            activation_function="swish",
+        )
+        model = MarianMTModel(config)
+        with torch.no_grad():  # a non-zero bias, so that the split head must add it to match
+            model.final_logits_bias.normal_(0, 1)
     elif kind == "llama":  # Llama-style: BOS added, RMSNorm, rotary positions, SiLU
         from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -141,7 +165,7 @@ def build_tiny_model(
         )
         model = T5ForConditionalGeneration(config)
     else:
-        raise ValueError(f"Unknown toy model kind {kind!r}; valid: bart, gpt2, llama, t5.")
+        raise ValueError(f"Unknown toy model kind {kind!r}; valid: bart, gpt2, llama, marian, t5.")
     model.eval()
     model.generation_config.pad_token_id = 0
     model.save_pretrained(path)

@@ -25,6 +25,7 @@ def model_dir(tmp_path_factory):
         # Llama-style (BOS, RMSNorm, rotary) and T5 (relative bias; rescaled tied head -> "full" mode)
         "llama": str(build_tiny_model("llama", root / "llama", init_std=0.2)),
         "t5": str(build_tiny_model("t5", root / "t5", init_std=0.2)),
+        "marian": str(build_tiny_model("marian", root / "marian", init_std=0.2)),  # non-zero final_logits_bias
     }
 
 
@@ -47,6 +48,13 @@ def llama(model_dir):
     import inseq_ray
 
     return inseq_ray.load_model(model_dir["llama"], "saliency", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def marian(model_dir):
+    import inseq_ray
+
+    return inseq_ray.load_model(model_dir["marian"], "saliency", device="cpu")
 
 
 @pytest.fixture(scope="session")

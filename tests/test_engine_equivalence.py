@@ -18,7 +18,7 @@ METHODS = {
     "deeplift": {},
     "gradient_shap": {"n_samples": 3, "stdevs": 0.1},
 }
-CASES = [("gpt2", True), ("bart", False), ("bart", True), ("llama", True), ("t5", True)]
+CASES = [("gpt2", True), ("bart", False), ("bart", True), ("llama", True), ("t5", True), ("marian", True)]
 
 
 def _record_shap_draws(monkeypatch):
@@ -168,7 +168,7 @@ def test_step_blocks_change_nothing(request, method, model_name, attribute_targe
                     assert (x - y).nan_to_num().abs().max() <= 1e-6
 
 
-def test_head_modes(llama, t5):
+def test_head_modes(llama, t5, marian):
     """The split head is used where it reproduces the model's logits, the full logits elsewhere (T5)."""
-    assert llama.adapter.mode == "split"
+    assert llama.adapter.mode == "split" and marian.adapter.mode == "split"
     assert t5.adapter.mode == "full"
