@@ -29,39 +29,19 @@ def model_dir(tmp_path_factory):
     }
 
 
-@pytest.fixture(scope="session")
-def gpt2(model_dir):
-    import inseq_ray
+def _loaded(name: str):
+    """A session fixture loading the tiny ``name`` model through the public path, once."""
 
-    return inseq_ray.load_model(model_dir["gpt2"], "saliency", device="cpu")
+    @pytest.fixture(scope="session")
+    def fixture(model_dir):
+        import inseq_ray
 
+        return inseq_ray.load_model(model_dir[name], "saliency", device="cpu")
 
-@pytest.fixture(scope="session")
-def bart(model_dir):
-    import inseq_ray
-
-    return inseq_ray.load_model(model_dir["bart"], "saliency", device="cpu")
+    return fixture
 
 
-@pytest.fixture(scope="session")
-def llama(model_dir):
-    import inseq_ray
-
-    return inseq_ray.load_model(model_dir["llama"], "saliency", device="cpu")
-
-
-@pytest.fixture(scope="session")
-def marian(model_dir):
-    import inseq_ray
-
-    return inseq_ray.load_model(model_dir["marian"], "saliency", device="cpu")
-
-
-@pytest.fixture(scope="session")
-def t5(model_dir):
-    import inseq_ray
-
-    return inseq_ray.load_model(model_dir["t5"], "saliency", device="cpu")
+gpt2, bart, llama, t5, marian = (_loaded(n) for n in ("gpt2", "bart", "llama", "t5", "marian"))
 
 
 def _free_port() -> int:
