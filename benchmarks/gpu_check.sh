@@ -8,11 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp}
 n=${SMOKE:+4}; n=${n:-512}
+model=${MODEL:-gpt2-small}   # SMOKE=1 MODEL=tiny-gpt2 benchmarks/gpu_check.sh tries the script on a CPU
 run() { PYTHONUNBUFFERED=1 python3 benchmarks/engine_bench.py "$@" 2>&1 | grep -v Warning | tee -a "$OUT/gpu_bench.txt"; }
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu_bench.txt" || true
 for dtype in fp32 bf16; do
-  run --model gpt2-small --method saliency --batch-size 64 --sentences "$n" --naive-sentences 8 --dtype $dtype
-  run --model gpt2-small --method saliency --batch-size 64 --sentences "$n" --naive-sentences 0 --dtype $dtype --vjp batched
-  run --model gpt2-small --method integrated_gradients --ig-steps 50 --internal-batch-size 1600 --batch-size 32 \
-      --sentences "$((n / 4))" --naive-sentences 2 --dtype $dtype
+  run --model $model --method saliency --batch-size 64 --sentences "$n" --naive-sentences "${NAIVE:-8}" --dtype $dtype
+  run --model $model --method saliency --batch-size 64 --sentences "$n" --naive-sentences 0 --dtype $dtype --vjp batched
+  run --model $model --method integrated_gradients --ig-steps 50 --internal-batch-size 1600 --batch-size 32 \
+      --sentences "$(( n / 4 > 0 ? n / 4 : 1 ))" --naive-sentences 2 --dtype $dtype
 done
