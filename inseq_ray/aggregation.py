@@ -40,7 +40,6 @@ AGGREGATION_FUNCTIONS: dict[str, AggregationFunction] = {
 
 DEFAULT_AGGREGATION: dict[tuple[str, ...], tuple[str, ...]] = {
     ("hidden",): ("vnorm",),
-    ("layers", "heads"): ("mean", "mean"),
     ("layers",): ("mean",),
     (): (),
 }

@@ -14,7 +14,7 @@ Two modes, chosen once per model by a numerical self-check against the model's o
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -148,6 +148,3 @@ def _configs_with_attn(model: nn.Module) -> list:
         if cfg is not None and hasattr(cfg, "_attn_implementation"):
             seen[id(cfg)] = cfg
     return list(seen.values())
-
-
-RowFn = Callable[[torch.Tensor], torch.Tensor]

@@ -182,11 +182,11 @@ class CommitShard:
         return batch
 
     def _aggregate(self, seq: FeatureAttributionSequenceOutput) -> FeatureAttributionSequenceOutput:
-        if seq.attribution_dims:
-            return seq.aggregate(
-                self.cfg.aggregate_fn if seq.attribution_dims == ("hidden",) else None, normalize=self.cfg.normalize
-            )
-        return seq.aggregate(normalize=self.cfg.normalize)
+        """Granular objects (save_granular) still need reducing; others arrive aggregated by Attribute."""
+        if not seq.attribution_dims:
+            return seq
+        fn = self.cfg.aggregate_fn if seq.attribution_dims == ("hidden",) else None
+        return seq.aggregate(fn, normalize=self.cfg.normalize)
 
     def _sequence_row(self, r: dict, seq: FeatureAttributionSequenceOutput, seconds: float) -> dict:
         return {

@@ -118,13 +118,8 @@ def run(cfg: PipelineConfig, progress: bool = True) -> dict:
     done = {n.removesuffix(".json") for n in storage.list_names("_shards") if n.endswith(".json")}
     pending = [s for s in shards if s.shard_id not in done]
     start = time.perf_counter()
-    new = list(
-        _track(
-            run_ray(cfg, pending) if cfg.use_ray and pending else run_local(cfg, pending) if pending else [],
-            sum(s.size for s in pending),
-            progress,
-        )
-    )
+    runner = run_ray if cfg.use_ray else run_local
+    new = list(_track(runner(cfg, pending), sum(s.size for s in pending), progress)) if pending else []
     elapsed = time.perf_counter() - start
     summaries = [storage.read_json("_shards", f"{s.shard_id}.json") for s in shards if s.shard_id in done] + new
     manifest = build_manifest(cfg, shards, summaries, len(new), elapsed)

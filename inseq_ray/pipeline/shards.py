@@ -123,9 +123,7 @@ def read_shard(shard: Shard, source_column: str = "source", target_column: str |
     """Records of one shard; unreadable records come back with ``error_reason`` set, never raised."""
     if shard.fmt in ("text", "jsonl"):
         yield from _read_lines(shard, source_column, target_column)
-    elif shard.fmt == "csv":
-        yield from _read_table(shard, source_column, target_column)
-    else:
+    else:  # csv, parquet
         yield from _read_table(shard, source_column, target_column)
 
 
