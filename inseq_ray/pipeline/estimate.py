@@ -24,11 +24,24 @@ def _spread(items: list, k: int) -> list:
     return [items[round(i * step)] for i in range(k)]
 
 
+def spread_order(n: int) -> list[int]:
+    """0..n-1 ordered so that every prefix is spread over the range (van der Corput: 0, 1/2, 1/4, 3/4, ...)."""
+    seen: dict[int, None] = {}
+    k = 0
+    while len(seen) < n and k < 4 * n:
+        x, i, f = 0.0, k, 0.5
+        while i:
+            x, i, f = x + f * (i & 1), i >> 1, f / 2
+        seen.setdefault(round(x * (n - 1)), None)
+        k += 1
+    return list(seen) + [i for i in range(n) if i not in seen]
+
+
 def estimate(cfg: PipelineConfig, sample_records: int = 2000, attribute_records: int = 64) -> dict:
     shards = plan_shards(cfg.input, cfg.input_format, cfg.shard_bytes)
     total_bytes = sum(s.size for s in shards)
     sampled, records, sampled_bytes = [], [], 0
-    for shard in _spread(shards, max(1, len(shards))):
+    for shard in (shards[i] for i in spread_order(len(shards))):
         if len(records) >= sample_records:
             break
         part = list(read_shard(shard, cfg.source_column, cfg.target_column))
