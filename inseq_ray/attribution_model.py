@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from inseq_ray.engine import MethodContext, MethodResult, StepPlan
+from inseq_ray.engine import MethodContext, MethodResult
 from inseq_ray.methods import get_method
 from inseq_ray.models import loading
 from inseq_ray.models.adapter import ModelAdapter
@@ -240,7 +240,7 @@ class AttributionModel:
         scores.update(result.step_scores)
         if plan.aggregate_hidden_fn is not None and result.dims == ("hidden",):
             result = reduce_hidden_on_device(result, plan.aggregate_hidden_fn)
-        return build_sequences(batch, result, scores, idx)
+        return build_sequences(batch, result, scores, idx, ctx.plan.valid)
 
 
 @dataclass(frozen=True)
@@ -271,11 +271,13 @@ def reduce_hidden_on_device(result: MethodResult, fn_id: str) -> MethodResult:
 
 
 def build_sequences(
-    batch: EncodedBatch, result: MethodResult, scores: dict[str, torch.Tensor], idx: list[int]
+    batch: EncodedBatch, result: MethodResult, scores: dict[str, torch.Tensor], idx: list[int], valid: torch.Tensor
 ) -> list[FeatureAttributionSequenceOutput]:
-    """Split (T, B, L, *extra) device tensors into per-sequence outputs, one host copy per tensor."""
+    """Split (T, B, L, *extra) device tensors into per-sequence outputs, one host copy per tensor.
+
+    ``valid`` (B, T) marks real steps: only those count in the non-finite check.
+    """
     attrs = {k: v.transpose(0, 1) for k, v in result.attributions.items()}  # (B, T, L, *extra)
-    valid = StepPlan.from_batch(batch).valid  # (B, T): only real steps count
     finite = torch.stack([(v.isfinite().flatten(2).all(2) | ~valid).all(1) for v in attrs.values()]).all(0).cpu()
     attrs = {k: v.cpu() for k, v in attrs.items()}
     scores = {k: v.cpu() for k, v in scores.items()}
