@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.runner import run
-from inseq_ray.toy_tasks import translation_pair
+from inseq_ray.toy.tasks import translation_pair
 
 
 def rss_mib() -> float:

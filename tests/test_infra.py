@@ -104,7 +104,7 @@ def test_dry_run_estimate_is_within_10_percent_of_the_real_run(tmp_path):
     from inseq_ray.pipeline.config import PipelineConfig
     from inseq_ray.pipeline.estimate import estimate
     from inseq_ray.pipeline.runner import run
-    from inseq_ray.toy_tasks import translation_corpus
+    from inseq_ray.toy.tasks import translation_corpus
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(s for s, _, _ in translation_corpus(1500, seed=8)) + "\n")

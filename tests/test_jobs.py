@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from inseq_ray.pipeline.config import PipelineConfig
-from inseq_ray.storage import Storage
+from inseq_ray.pipeline.storage import Storage
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "jobs" / "configs").glob("*.yaml"))

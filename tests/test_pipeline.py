@@ -19,9 +19,9 @@ import inseq_ray as inseq
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.runner import run
 from inseq_ray.pipeline.shards import plan_shards, read_shard
+from inseq_ray.pipeline.storage import Storage, UnsafeKeyError, safe_part
 from inseq_ray.step_scores import STEP_FUNCTIONS
-from inseq_ray.storage import Storage, UnsafeKeyError, safe_part
-from inseq_ray.toy_tasks import translation_corpus
+from inseq_ray.toy.tasks import translation_corpus
 
 TABLES = ["sequences", "source_attributions", "target_attributions", "step_scores", "errors"]
 
@@ -257,7 +257,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, ray_local):
 
 def test_decoder_only_run_and_granular_objects(tmp_path):
     """A decoder-only model: prefix attributions land in target_attributions; granular objects keep hidden dims."""
-    from inseq_ray.toy_tasks import copy_corpus
+    from inseq_ray.toy.tasks import copy_corpus
 
     data = copy_corpus(12, seed=4)
     corpus = tmp_path / "c.jsonl"

@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from inseq_ray.evaluate import plausibility, task_accuracy
 from inseq_ray.toy import resolve_toy
-from inseq_ray.toy_train import train_copier, train_translator
+from inseq_ray.toy.evaluate import plausibility, task_accuracy
+from inseq_ray.toy.train import train_copier, train_translator
 
-# Floors = measured top-1 alignment accuracy (n=100, inseq_ray.evaluate) minus a margin; chance is 0.11 / 0.14.
+# Floors = measured top-1 alignment accuracy (n=100, inseq_ray.toy.evaluate) minus a margin; chance is 0.11 / 0.14.
 # Measured: translator sal .999 ixg .999 ig .891 dl .999 gshap .877 attn 1.0;
 #           copier     sal .464 ixg .672 ig .474 dl .800 gshap .470 attn .554.
 FLOORS = {

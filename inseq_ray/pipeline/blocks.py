@@ -10,12 +10,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from inseq_ray import tables
 from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenceOutput
+from inseq_ray.pipeline import tables
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.shards import Shard, read_shard
+from inseq_ray.pipeline.storage import Storage
 from inseq_ray.serialization import to_bytes
-from inseq_ray.storage import Storage
 
 Batch = dict[str, Any]
 MAX_INPUT_CHARS = 1000  # error rows keep at most this much of the offending input

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from inseq_ray.pipeline.blocks import BLOCKS
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.shards import Shard, plan_shards
-from inseq_ray.storage import Storage, redact_url
+from inseq_ray.pipeline.storage import Storage, redact_url
 
 FAULT_ENV = "INSEQ_RAY_FAULT_KILL_ONCE_DIR"  # testing hook: a folder; see _maybe_inject_fault
 

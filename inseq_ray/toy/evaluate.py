@@ -4,7 +4,7 @@ For each method: the share of generated tokens whose top-attributed source token
 one (``top1``), the alignment error rate (``aer``; predicted links = source tokens scoring at least
 half the step's maximum), and the chance level of ``top1``. Inseq ships no such check.
 
-    python -m inseq_ray.evaluate            # translator + copier, all methods, printed as a table
+    python -m inseq_ray.toy.evaluate            # translator + copier, all methods, printed as a table
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import argparse
 from collections.abc import Sequence
 
 import inseq_ray
-from inseq_ray.toy_tasks import copy_corpus, translation_corpus
+from inseq_ray.toy.tasks import copy_corpus, translation_corpus
 
 METHODS: dict[str, dict] = {
     "saliency": {},

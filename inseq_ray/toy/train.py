@@ -1,7 +1,7 @@
-"""Train the toy models deterministically on 2 CPU cores (a few minutes): ``python -m inseq_ray.toy_train OUT``.
+"""Train the toy models deterministically on 2 CPU cores (a few minutes): ``python -m inseq_ray.toy.train OUT``.
 
 - ``translator``: a tiny BART (word-level tokenizer) on the synthetic language pair of
-  :mod:`inseq_ray.toy_tasks`.
+  :mod:`inseq_ray.toy.tasks`.
 - ``copier``: a tiny GPT-2 on the copy task.
 Same code + same seed + 1 thread -> identical weights.
 """
@@ -16,7 +16,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import BartConfig, BartForConditionalGeneration, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from inseq_ray.toy_tasks import COPY_ALPHABET, LEXICON, copy_corpus, translation_corpus
+from inseq_ray.toy.tasks import COPY_ALPHABET, LEXICON, copy_corpus, translation_corpus
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 

@@ -187,7 +187,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("INSEQ_RAY_CACHE", Path.home() / ".cache" / "inseq_ray"))
 
 
-TRAINED = ("translator", "copier")  # shipped in inseq_ray/data/toy, rebuilt by python -m inseq_ray.toy_train
+TRAINED = ("translator", "copier")  # shipped in inseq_ray/data/toy, rebuilt by python -m inseq_ray.toy.train
 
 
 def resolve_toy(name: str) -> str:
@@ -197,7 +197,7 @@ def resolve_toy(name: str) -> str:
 
     kind = name.removeprefix("toy:")
     if kind in TRAINED:
-        return str(Path(__file__).parent / "data" / "toy" / kind)
+        return str(Path(__file__).parent.parent / "data" / "toy" / kind)
     if kind not in TOY_BUILDERS:
         valid = ", ".join("toy:" + k for k in sorted([*TOY_BUILDERS, *TRAINED]))
         raise ValueError(f"Unknown toy model {name!r}; valid: {valid}.")
