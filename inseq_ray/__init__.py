@@ -2,15 +2,20 @@
 
 from inseq_ray.aggregation import list_aggregation_functions, register_aggregation_function
 from inseq_ray.attribution_model import AttributionModel, load_model
+from inseq_ray.errors import (
+    InputError,
+    ModelConformanceError,
+    NonFiniteAttributionError,
+    Reason,
+    UnknownIdError,
+)
 from inseq_ray.methods import list_feature_attribution_methods, register_attribution_method
-from inseq_ray.models.encoding import InputError
 from inseq_ray.output import (
     FeatureAttributionOutput,
     FeatureAttributionSequenceOutput,
     TokenWithId,
     merge_attributions,
 )
-from inseq_ray.registry import UnknownIdError
 from inseq_ray.step_scores import StepFunctionArgs, list_step_functions, register_step_function
 
 __version__ = "0.1.0"
@@ -20,6 +25,9 @@ __all__ = [
     "FeatureAttributionOutput",
     "FeatureAttributionSequenceOutput",
     "InputError",
+    "ModelConformanceError",
+    "NonFiniteAttributionError",
+    "Reason",
     "StepFunctionArgs",
     "TokenWithId",
     "UnknownIdError",

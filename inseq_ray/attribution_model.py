@@ -12,12 +12,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from inseq_ray.engine import MethodContext, MethodResult
+from inseq_ray.errors import InputError, NonFiniteAttributionError
 from inseq_ray.methods import get_method
 from inseq_ray.models import loading
 from inseq_ray.models.adapter import ModelAdapter
 from inseq_ray.models.encoding import (
     EncodedBatch,
-    InputError,
     check_length,
     check_texts,
     encode_decoder_only,
@@ -27,10 +27,6 @@ from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenc
 from inseq_ray.step_scores import get_step_function, step_function_name
 
 CPU_STEP_BLOCKS = 4  # measured: GPT-2-small saliency 2.50 -> 3.23 sent/s, IG 0.13 -> 0.19 sent/s on 2 cores
-
-
-class NonFiniteAttributionError(ArithmeticError):
-    """Attributions of an input contain inf/NaN (e.g. fp16 overflow); names the input."""
 
 
 class AttributionModel:
@@ -232,6 +228,8 @@ class AttributionModel:
         if not self.is_encoder_decoder:
             attributed = ("target",)
         baselines = {"target": self.baseline_ids(batch.target_ids, plan.include_eos_baseline)}
+        if self.is_encoder_decoder:  # the decoder start token stays in the target baseline, as in Inseq
+            baselines["target"][:, 0] = batch.target_ids[:, 0]
         if batch.source_ids is not None:
             baselines["source"] = self.baseline_ids(batch.source_ids, plan.include_eos_baseline)
         ctx = MethodContext(self.adapter, batch, attributed, plan.fn, plan.fn_kw, baselines, plan.vjp, plan.step_blocks)

@@ -102,21 +102,20 @@ class MethodContext:
         return out
 
     def forward_inputs(self, embeds: dict[str, torch.Tensor], r: int, length: int | None = None) -> ForwardInputs:
-        """Forward inputs for R stacked copies; missing names take the (repeated) real embeddings.
+        """Forward inputs for R stacked copies: the batch's ids, with ``embeds`` (name -> (R*B, L, H))
+        substituted for the embedding module's output on that side (other sides embed their ids).
 
         ``length`` truncates the decoder side (exact under causal masking for the steps it covers).
         """
-
-        def pick(name: str) -> torch.Tensor | None:
-            x = embeds[name] if name in embeds else self.embeds[name].repeat(r, 1, 1) if name in self.embeds else None
-            return x[:, :length] if name == "target" and x is not None and length is not None else x
-
         b = self.batch
+        target = embeds.get("target")
         return ForwardInputs(
-            target_embeds=pick("target"),
+            target_ids=b.target_ids.repeat(r, 1)[:, :length],
             target_mask=b.target_mask.repeat(r, 1)[:, :length],
-            source_embeds=pick("source"),
+            source_ids=None if b.source_ids is None else b.source_ids.repeat(r, 1),
             source_mask=None if b.source_mask is None else b.source_mask.repeat(r, 1),
+            target_embeds=None if target is None else target[:, :length],
+            source_embeds=embeds.get("source"),
         )
 
     def step_blocks(self) -> list[tuple[int, int]]:

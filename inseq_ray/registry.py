@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TypeVar
 
+from inseq_ray.errors import UnknownIdError
+
+__all__ = ["UnknownIdError", "lookup", "register"]
+
 T = TypeVar("T")
-
-
-class UnknownIdError(ValueError):
-    """Raised when a public id is not in its registry; the message lists the valid ids."""
 
 
 def lookup(registry: Mapping[str, T], key: str, family: str) -> T:

@@ -2,7 +2,10 @@
 prefix only and take captum's attribution of the attributed function w.r.t. the input embeddings.
 
 This is the definition Inseq implements (one forward + backward per step); it shares no code with
-the engine beyond the HF model itself and the step functions' formulas.
+the engine beyond the HF model itself and the step functions' formulas. The prefix forward is the
+model's own forward *from ids*, with the output of its input embedding module replaced by the
+tensors captum perturbs (a hook written here, matched by call order: encoder first), so whatever a
+model does to its embeddings after the lookup (scaling, positions from ids) is part of it.
 """
 
 from __future__ import annotations
@@ -14,20 +17,53 @@ from torch import nn
 import inseq_ray.step_scores as ss
 
 
+def embedding_modules(model, is_enc_dec: bool) -> tuple[nn.Module | None, nn.Module]:
+    """(encoder embedding module or None, decoder / decoder-only embedding module)."""
+    if not is_enc_dec:
+        return None, model.get_input_embeddings()
+    enc, dec = model.get_encoder(), model.get_decoder()
+    return enc.embed_tokens, dec.embed_tokens
+
+
 class PrefixStep(nn.Module):
-    """f(embeds) for one step: the model on the prefix, next-token logits of the last position."""
+    """f(embeds) for one step: the model on (source, target prefix) ids, next-token function of the last position.
 
-    def __init__(self, model, is_enc_dec: bool, target_id: int, n_inputs: int, fn=ss.probability_fn):
+    ``names`` says which sides the positional inputs replace ("source", "target"); the other side
+    embeds its own ids.
+    """
+
+    def __init__(self, model, is_enc_dec: bool, src_ids, prefix_ids, target_id: int, names, fn=ss.probability_fn):
         super().__init__()
-        self.model, self.is_enc_dec, self.target_id, self.n_inputs, self.fn = model, is_enc_dec, target_id, n_inputs, fn
+        self.model, self.is_enc_dec, self.names, self.fn = model, is_enc_dec, tuple(names), fn
+        self.src_ids, self.prefix_ids, self.target_id = src_ids, prefix_ids, target_id
 
-    def forward(self, *args):
-        inputs, extra = args[: self.n_inputs], args[self.n_inputs :]
-        if self.is_enc_dec:
-            src, tgt = (inputs[0], inputs[1]) if self.n_inputs == 2 else (inputs[0], extra[0])
-            logits = self.model(inputs_embeds=src, decoder_inputs_embeds=tgt, use_cache=False).logits[:, -1]
-        else:
-            logits = self.model(inputs_embeds=inputs[0], use_cache=False).logits[:, -1]
+    def forward(self, *embeds):
+        n = embeds[0].shape[0]
+        given = dict(zip(self.names, embeds))
+        tgt = self.prefix_ids[None].repeat(n, 1)
+        src = self.src_ids[None].repeat(n, 1) if self.is_enc_dec else None
+        pending = [("source", src), ("target", tgt)] if self.is_enc_dec else [("target", tgt)]
+
+        def hook(module, args, output):  # the next side in call order whose ids these are (LED embeds extra padding)
+            ids = pending[0][1] if pending else None
+            if ids is not None and args[0].shape == ids.shape and torch.equal(args[0], ids):
+                side = pending.pop(0)[0]
+                return given[side].to(output.dtype) if side in given else None
+            return None
+
+        handles = [
+            m.register_forward_hook(hook)
+            for m in {id(m): m for m in embedding_modules(self.model, self.is_enc_dec) if m is not None}.values()
+        ]
+        try:
+            if self.is_enc_dec:
+                logits = self.model(input_ids=src, decoder_input_ids=tgt, use_cache=False).logits[:, -1]
+            else:
+                logits = self.model(input_ids=tgt, use_cache=False).logits[:, -1]
+        finally:
+            for h in handles:
+                h.remove()
+        assert not pending, "an embedding module was not called as expected"
         target = torch.full((logits.shape[0],), self.target_id, dtype=torch.long)
         return self.fn(ss.StepFunctionArgs(logits, target))
 
@@ -44,37 +80,38 @@ def embed_pieces(am, source: str, target: str):
     return None, tgt, len(tok(source)["input_ids"])
 
 
-def baseline(am, ids: torch.Tensor) -> torch.Tensor:
+def baseline(am, ids: torch.Tensor, keep_first: bool = False) -> torch.Tensor:
+    """UNK everywhere but EOS (and, for an encoder-decoder target, the decoder start token), as in Inseq."""
     tok = am.tokenizer
-    return torch.where(ids == tok.eos_token_id, ids, torch.full_like(ids, tok.unk_token_id))
+    base = torch.where(ids == tok.eos_token_id, ids, torch.full_like(ids, tok.unk_token_id))
+    if keep_first:
+        base[..., 0] = ids[..., 0]
+    return base
 
 
 def naive_attribute(am, source: str, target: str, method: str, attribute_target: bool, shap_draws=None, **kw):
     """Per step p: captum ``method`` on the prefix. Returns (src (S, n, H) | None, tgt (L, n, H) | None)."""
     model = am.model
     src_ids, tgt_ids, start = embed_pieces(am, source, target)
-    emb_t = am.model.get_input_embeddings() if not am.is_encoder_decoder else am.model.get_decoder().embed_tokens
-    emb_s = am.model.get_encoder().embed_tokens if am.is_encoder_decoder else None
+    emb_s, emb_t = embedding_modules(model, am.is_encoder_decoder)
+    names = ("source", "target") if attribute_target else ("source",)
+    names = names if am.is_encoder_decoder else ("target",)
     src_cols, tgt_cols = [], []
     for p in range(start, len(tgt_ids)):
-        prefix = tgt_ids[:p][None]
+        prefix = tgt_ids[:p]
         with torch.no_grad():
-            x_t, b_t = emb_t(prefix), emb_t(baseline(am, prefix))
-            x_s = emb_s(src_ids[None]) if emb_s is not None else None
-            b_s = emb_s(baseline(am, src_ids[None])) if emb_s is not None else None
-        if am.is_encoder_decoder:
-            inputs, bases = ((x_s, x_t), (b_s, b_t)) if attribute_target else ((x_s,), (b_s,))
-            extra = () if attribute_target else (x_t,)
-        else:
-            inputs, bases, extra = (x_t,), (b_t,), ()
-        step = PrefixStep(model, am.is_encoder_decoder, int(tgt_ids[p]), len(inputs))
-        attrs = _captum(step, method, inputs, bases, extra, shap_draws, p, **kw)
-        if am.is_encoder_decoder:
-            src_cols.append(attrs[0][0])
-            if attribute_target:
-                tgt_cols.append(_pad_nan(attrs[1][0], len(tgt_ids)))
-        else:
-            tgt_cols.append(_pad_nan(attrs[0][0], len(tgt_ids)))
+            x = {"target": emb_t(prefix[None]), "source": emb_s(src_ids[None]) if emb_s is not None else None}
+            b = {
+                "target": emb_t(baseline(am, prefix[None], keep_first=am.is_encoder_decoder)),
+                "source": emb_s(baseline(am, src_ids[None])) if emb_s is not None else None,
+            }
+        inputs, bases = tuple(x[n] for n in names), tuple(b[n] for n in names)
+        step = PrefixStep(model, am.is_encoder_decoder, src_ids, prefix, int(tgt_ids[p]), names)
+        attrs = dict(zip(names, _captum(step, method, inputs, bases, shap_draws, names, **kw)))
+        if "source" in attrs:
+            src_cols.append(attrs["source"][0])
+        if "target" in attrs:
+            tgt_cols.append(_pad_nan(attrs["target"][0], len(tgt_ids)))
     src = torch.stack(src_cols, 1) if src_cols else None
     tgt = torch.stack(tgt_cols, 1) if tgt_cols else None
     return src, tgt
@@ -86,30 +123,28 @@ def _pad_nan(a: torch.Tensor, length: int) -> torch.Tensor:
     return out
 
 
-def _captum(step, method, inputs, bases, extra, shap_draws, p, **kw):
-    extra = extra if extra else None
+def _captum(step, method, inputs, bases, shap_draws, names, **kw):
     if method == "saliency":
-        return Saliency(step).attribute(inputs, additional_forward_args=extra, abs=True)
+        return Saliency(step).attribute(inputs, abs=True)
     if method == "input_x_gradient":
-        return InputXGradient(step).attribute(inputs, additional_forward_args=extra)
+        return InputXGradient(step).attribute(inputs)
     if method == "integrated_gradients":
-        return IntegratedGradients(step).attribute(inputs, baselines=bases, additional_forward_args=extra, **kw)
+        return IntegratedGradients(step).attribute(inputs, baselines=bases, **kw)
     if method == "deeplift":
-        return DeepLift(step).attribute(inputs, baselines=bases, additional_forward_args=extra)
+        return DeepLift(step).attribute(inputs, baselines=bases)
     if method == "gradient_shap":
-        return _gradient_shap(step, inputs, bases, extra, shap_draws, p)
+        return _gradient_shap(step, inputs, bases, shap_draws, names)
     raise ValueError(method)
 
 
-def _gradient_shap(step, inputs, bases, extra, draws, p):
+def _gradient_shap(step, inputs, bases, draws, names):
     """GradientSHAP with given draws: noise name -> (S, L, H) for this sequence, alphas (S,)."""
     noise, alphas = draws
-    names = ["source", "target"][: len(inputs)] if step.is_enc_dec else ["target"]
     total = [torch.zeros_like(x) for x in inputs]
     for s in range(alphas.shape[0]):
         noisy = [x + noise[n][s][None, : x.shape[1]] for n, x in zip(names, inputs)]
         points = [(b + alphas[s] * (xn - b)).requires_grad_(True) for xn, b in zip(noisy, bases)]
-        out = step(*points, *(extra or ()))
+        out = step(*points)
         grads = torch.autograd.grad(out.sum(), points)
         for i, (g, xn, b) in enumerate(zip(grads, noisy, bases)):
             total[i] += (xn - b) * g

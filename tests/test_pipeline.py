@@ -16,10 +16,11 @@ import pytest
 import torch
 
 import inseq_ray as inseq
+from inseq_ray.errors import UnsafeKeyError
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.runner import run
 from inseq_ray.pipeline.shards import plan_shards, read_shard
-from inseq_ray.pipeline.storage import Storage, UnsafeKeyError, safe_part
+from inseq_ray.pipeline.storage import Storage, safe_part
 from inseq_ray.step_scores import STEP_FUNCTIONS
 from inseq_ray.toy.tasks import translation_corpus
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from inseq_ray.toy import resolve_toy
 from inseq_ray.toy.evaluate import plausibility, task_accuracy
 from inseq_ray.toy.train import train_copier, train_translator
 
@@ -42,10 +41,14 @@ def test_rebuilding_gives_identical_weights(tmp_path, trainer):
 
 
 @pytest.mark.slow
-def test_shipped_translator_is_what_the_script_builds(tmp_path):
-    shipped = load_file(f"{resolve_toy('toy:translator')}/model.safetensors")
-    rebuilt = load_file(train_translator(tmp_path / "t") / "model.safetensors")
-    assert all(torch.equal(shipped[k], rebuilt[k]) for k in shipped)
+def test_the_script_rebuilds_a_translator_as_good_as_the_shipped_one(tmp_path):
+    """Holds on any CPU: retraining is bit-exact only on the same CPU kind (AVX2 vs AVX-512 round
+    differently), so compare what the weights do, not the weights."""
+    rebuilt = train_translator(tmp_path / "t")
+    shipped_acc = task_accuracy("translator", n=100)
+    rebuilt_acc = task_accuracy("translator", n=100, model=str(rebuilt))
+    assert rebuilt_acc["token_accuracy"] >= min(0.95, shipped_acc["token_accuracy"] - 0.02)
+    assert rebuilt_acc["exact_match"] >= min(0.9, shipped_acc["exact_match"] - 0.05)
 
 
 @pytest.mark.parametrize("task", ["translator", "copier"])

@@ -73,7 +73,8 @@ def deeplift(ctx: MethodContext, eps: float = 1e-10) -> MethodResult:
     def first_half(name: str, g: torch.Tensor) -> torch.Tensor:
         return g[:b]
 
-    with deeplift_rescale(ctx.adapter.model, eps):
+    axis = ctx.adapter.activation_batch_axis(RESCALE_MODULES)
+    with deeplift_rescale(ctx.adapter.model, eps, axis):
         grads = ctx.run(stacked, 2, first_half, at_input=True)
     return MethodResult({k: g * (ctx.embeds[k] - ctx.baselines[k]).float()[None] for k, g in grads.items()})
 
@@ -137,13 +138,15 @@ RESCALE_MODULES = (nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softpl
 
 
 @contextlib.contextmanager
-def deeplift_rescale(model: nn.Module, eps: float = 1e-10) -> Iterator[None]:
+def deeplift_rescale(model: nn.Module, eps: float = 1e-10, axis: int = 0) -> Iterator[None]:
     """Apply DeepLift's rescale rule to elementwise nonlinear modules; hooks removed on exit.
 
-    The module input is [inputs; baselines] stacked on the batch axis. Its output keeps its value
-    but its gradient becomes delta_out / delta_in (the plain gradient where |delta_in| < eps).
+    The module input is [inputs; baselines] stacked on the batch axis (``axis``: 0, or 1 for
+    time-first models). Its output keeps its value but its gradient becomes delta_out / delta_in
+    (the plain gradient where |delta_in| < eps).
     """
-    handles = [m.register_forward_hook(_rescale_hook(eps)) for m in model.modules() if type(m) in RESCALE_MODULES]
+    hook = _rescale_hook(eps, axis)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if type(m) in RESCALE_MODULES]
     try:
         yield
     finally:
@@ -151,15 +154,16 @@ def deeplift_rescale(model: nn.Module, eps: float = 1e-10) -> Iterator[None]:
             h.remove()
 
 
-def _rescale_hook(eps: float):
+def _rescale_hook(eps: float, axis: int = 0):
     def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        inp = inputs[0]
+        inp = inputs[0].movedim(axis, 0)  # (2N, ...): inputs then baselines
+        out = output.movedim(axis, 0)
         half = inp.shape[0] // 2
         d_in = (inp[:half] - inp[half:]).detach().repeat(2, *[1] * (inp.dim() - 1))
-        d_out = (output[:half] - output[half:]).detach().repeat(2, *[1] * (inp.dim() - 1))
+        d_out = (out[:half] - out[half:]).detach().repeat(2, *[1] * (inp.dim() - 1))
         small = d_in.abs() < eps
         multiplier = torch.where(small, torch.zeros_like(d_in), d_out / torch.where(small, torch.ones_like(d_in), d_in))
-        rescaled = output.detach() + (inp - inp.detach()) * multiplier
-        return torch.where(small, output, rescaled)
+        rescaled = out.detach() + (inp - inp.detach()) * multiplier
+        return torch.where(small, out, rescaled).movedim(0, axis)
 
     return hook

@@ -11,19 +11,10 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from inseq_ray.errors import InputError, Reason
 from inseq_ray.output import TokenWithId
 
-
-class InputError(ValueError):
-    """A user input that cannot be attributed; the message names the input and the fix.
-
-    ``code`` is a short reason code (``empty``, ``too_long``, ``target_mismatch``, ``bad_input``)
-    that the pipeline stores in its errors table.
-    """
-
-    def __init__(self, message: str, code: str = "bad_input") -> None:
-        super().__init__(message)
-        self.code = code
+__all__ = ["EncodedBatch", "InputError", "encode_decoder_only", "encode_encoder_decoder"]
 
 
 @dataclass
@@ -79,14 +70,14 @@ def check_texts(texts: list[str], name: str) -> None:
         if not isinstance(text, str):
             raise InputError(f"{name}[{i}] is a {type(text).__name__}, not a string: pass text.")
         if not text.strip():
-            raise InputError(f"{name}[{i}] is empty: remove it or give it some text to attribute.", "empty")
+            raise InputError(f"{name}[{i}] is empty: remove it or give it some text to attribute.", Reason.EMPTY)
 
 
 def check_length(ids: list[int], limit: int | None, name: str, index: int) -> None:
     if limit is not None and len(ids) > limit:
         raise InputError(
             f"{name}[{index}] is {len(ids)} tokens long, over the model's limit of {limit}: shorten or split it.",
-            "too_long",
+            Reason.TOO_LONG,
         )
 
 
@@ -158,7 +149,7 @@ def encode_decoder_only(
             raise InputError(
                 f"generated_texts[{i}] does not start with input_texts[{i}] ({p[:40]!r}...): for a "
                 "decoder-only model the target is the full text, prompt included; prepend the prompt.",
-                "target_mismatch",
+                Reason.TARGET_MISMATCH,
             )
     full = tokenizer(targets, add_special_tokens=True)["input_ids"] if target_ids is None else target_ids
     prompt_lens = [len(p) for p in tokenizer(prompts, add_special_tokens=True)["input_ids"]]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from inseq_ray.errors import InputError, NonFiniteAttributionError, Reason
 from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenceOutput
 from inseq_ray.pipeline import tables
 from inseq_ray.pipeline.config import PipelineConfig
@@ -96,16 +97,16 @@ class Attribute:
             try:
                 ok.append((r, self._attribute([r])[0]))
             except Exception as e:
-                bad.append({**r, "error_reason": reason_code(e), "error_message": str(e)[:500]})
+                bad.append({**r, "error_reason": str(reason_code(e)), "error_message": str(e)[:500]})
         return ok, bad
 
 
-def reason_code(e: Exception) -> str:
-    from inseq_ray.attribution_model import NonFiniteAttributionError
-
+def reason_code(e: Exception) -> Reason:
     if isinstance(e, NonFiniteAttributionError):
-        return "non_finite"
-    return getattr(e, "code", None) or ("bad_input" if isinstance(e, ValueError) else "internal_error")
+        return Reason.NON_FINITE
+    if isinstance(e, InputError):
+        return e.code
+    return Reason.BAD_INPUT if isinstance(e, ValueError) else Reason.INTERNAL_ERROR
 
 
 class WriteObjects:

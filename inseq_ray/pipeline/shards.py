@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 
 import fsspec
 
+from inseq_ray.errors import Reason
+
 FORMATS = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -106,7 +108,9 @@ def seq_id_for(rel: str, position: int, source: str, target: str | None) -> str:
     return h.hexdigest()[:20]
 
 
-def _record(shard: Shard, position: int, source: str, target: str | None, reason: str = "", message: str = "") -> dict:
+def _record(
+    shard: Shard, position: int, source: str, target: str | None, reason: Reason | str = "", message: str = ""
+) -> dict:
     return {
         "seq_id": seq_id_for(shard.rel, position, source, target),
         "shard": shard.shard_id,
@@ -114,7 +118,7 @@ def _record(shard: Shard, position: int, source: str, target: str | None, reason
         "position": position,
         "source": source,
         "target": target,
-        "error_reason": reason,
+        "error_reason": str(reason),
         "error_message": message,
     }
 
@@ -162,16 +166,16 @@ def _read_lines(shard: Shard, source_column: str, target_column: str | None) -> 
                 pos,
                 raw.decode("utf-8", "backslashreplace"),
                 None,
-                "invalid_utf8",
+                Reason.INVALID_UTF8,
                 f"not UTF-8: {e.reason} at byte {e.start}",
             )
             continue
         if shard.fmt == "text":
-            reason = "" if line.strip() else "empty"
+            reason = "" if line.strip() else Reason.EMPTY
             yield _record(shard, pos, line, None, reason, "empty line" if reason else "")
             continue
         if not line.strip():
-            yield _record(shard, pos, line, None, "empty", "empty line")
+            yield _record(shard, pos, line, None, Reason.EMPTY, "empty line")
             continue
         yield _json_record(shard, pos, line, source_column, target_column)
 
@@ -180,18 +184,18 @@ def _json_record(shard: Shard, pos: int, line: str, source_column: str, target_c
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
-        return _record(shard, pos, line, None, "bad_json", f"invalid JSON: {e.msg}")
+        return _record(shard, pos, line, None, Reason.BAD_JSON, f"invalid JSON: {e.msg}")
     if not isinstance(obj, dict) or not isinstance(obj.get(source_column), str):
-        return _record(shard, pos, line, None, "missing_column", f"no string column {source_column!r}")
+        return _record(shard, pos, line, None, Reason.MISSING_COLUMN, f"no string column {source_column!r}")
     target = obj.get(target_column) if target_column else None
     return _check_text(shard, pos, obj[source_column], target if isinstance(target, str) else None)
 
 
 def _check_text(shard: Shard, pos: int, source: str, target: str | None) -> dict:
     if not source.strip():
-        return _record(shard, pos, source, target, "empty", "empty source text")
+        return _record(shard, pos, source, target, Reason.EMPTY, "empty source text")
     if target is not None and not target.strip():
-        return _record(shard, pos, source, target, "empty", "empty target text")
+        return _record(shard, pos, source, target, Reason.EMPTY, "empty target text")
     return _record(shard, pos, source, target)
 
 
@@ -220,7 +224,7 @@ def _read_table(shard: Shard, source_column: str, target_column: str | None) -> 
                 pos,
                 "" if src is None else str(src),
                 None,
-                "empty" if src is None else "missing_column",
+                Reason.EMPTY if src is None else Reason.MISSING_COLUMN,
                 "source is not text",
             )
             continue

@@ -14,11 +14,9 @@ from typing import Any
 
 import fsspec
 
+from inseq_ray.errors import UnsafeKeyError
+
 SAFE_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
-
-
-class UnsafeKeyError(ValueError):
-    """A key part that could escape the prefix or that object stores handle badly."""
 
 
 def safe_part(part: str) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import BartConfig, BartForConditionalGeneration, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 WORDS = (
@@ -58,115 +58,24 @@ def build_tiny_model(
     heads: int = 4,
     vocab_size: int = 500,
     seed: int = 0,
-    activation: str = "gelu_new",
+    activation: str | None = None,
     max_positions: int = 128,
     init_std: float = 0.02,
 ) -> Path:
-    """Build and save a seeded random ``gpt2`` or ``bart`` model with its tokenizer; returns the path."""
+    """Build and save a seeded random model of family ``kind`` (see :mod:`inseq_ray.toy.families`)
+    with a BPE tokenizer trained on the synthetic corpus; returns the path."""
+    from inseq_ray.toy.families import Size, build_model, get_family
+
     path = Path(path)
+    fam = get_family(kind)
+    tokenizer = train_tokenizer(vocab_size, bos_template=fam.bos_template, eos_template=fam.encoder_decoder)
+    size = Size(len(tokenizer), layers, hidden, heads, max_positions, init_std, activation)
     torch.manual_seed(seed)
-    if kind == "gpt2":
-        tokenizer = train_tokenizer(vocab_size)
-        config = GPT2Config(
-            vocab_size=len(tokenizer),
-            n_positions=max_positions,
-            n_embd=hidden,
-            n_layer=layers,
-            n_head=heads,
-            activation_function=activation,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
-            initializer_range=init_std,
-        )
-        model = GPT2LMHeadModel(config)
-    elif kind == "bart":
-        tokenizer = train_tokenizer(vocab_size, eos_template=True)
-        config = BartConfig(
-            vocab_size=len(tokenizer),
-            d_model=hidden,
-            encoder_layers=layers,
-            decoder_layers=layers,
-            encoder_attention_heads=heads,
-            decoder_attention_heads=heads,
-            encoder_ffn_dim=hidden * 4,
-            decoder_ffn_dim=hidden * 4,
-            max_position_embeddings=max_positions,
-            activation_function=activation,
-            pad_token_id=0,
-            bos_token_id=1,
-            eos_token_id=2,
-            decoder_start_token_id=1,
-            forced_eos_token_id=None,
-            scale_embedding=True,
-            init_std=init_std,
-        )
-        model = BartForConditionalGeneration(config)
-    elif kind == "marian":  # Marian: sinusoidal positions, final_logits_bias, decoder starts from <pad>
-        from transformers import MarianConfig, MarianMTModel
-
-        tokenizer = train_tokenizer(vocab_size, eos_template=True)
-        config = MarianConfig(
-            vocab_size=len(tokenizer),
-            d_model=hidden,
-            encoder_layers=layers,
-            decoder_layers=layers,
-            encoder_attention_heads=heads,
-            decoder_attention_heads=heads,
-            encoder_ffn_dim=hidden * 2,
-            decoder_ffn_dim=hidden * 2,
-            max_position_embeddings=max_positions,
-            pad_token_id=0,
-            eos_token_id=2,
-            decoder_start_token_id=0,
-            forced_eos_token_id=None,
-            init_std=init_std,
-            activation_function="swish",
-        )
-        model = MarianMTModel(config)
-        with torch.no_grad():  # a non-zero bias, so that the split head must add it to match
-            model.final_logits_bias.normal_(0, 1)
-    elif kind == "llama":  # Llama-style: BOS added, RMSNorm, rotary positions, SiLU
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        tokenizer = train_tokenizer(vocab_size, bos_template=True)
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden,
-            intermediate_size=hidden * 2,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=max(1, heads // 2),
-            max_position_embeddings=max_positions,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
-            initializer_range=init_std,
-            tie_word_embeddings=False,
-        )
-        model = LlamaForCausalLM(config)
-    elif kind == "t5":  # T5: relative attention bias, decoder output rescaled before the tied LM head
-        from transformers import T5Config, T5ForConditionalGeneration
-
-        tokenizer = train_tokenizer(vocab_size, eos_template=True)
-        config = T5Config(
-            vocab_size=len(tokenizer),
-            d_model=hidden,
-            d_kv=hidden // heads,
-            d_ff=hidden * 2,
-            num_layers=layers,
-            num_heads=heads,
-            pad_token_id=0,
-            eos_token_id=2,
-            decoder_start_token_id=0,
-            initializer_factor=init_std * 5,
-            tie_word_embeddings=True,
-            feed_forward_proj="relu",
-        )
-        model = T5ForConditionalGeneration(config)
-    else:
-        raise ValueError(f"Unknown toy model kind {kind!r}; valid: bart, gpt2, llama, marian, t5.")
-    model.eval()
+    model = build_model(kind, size)
+    bias = getattr(model, "final_logits_bias", None)
+    if isinstance(bias, torch.Tensor):  # real checkpoints' biases are zero; a non-zero one must be added to match
+        with torch.no_grad():
+            bias.normal_(0, 1)
     model.generation_config.pad_token_id = 0
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -177,7 +86,7 @@ TOY_BUILDERS = {
     "gpt2": lambda path: build_tiny_model("gpt2", path, layers=2, hidden=64, heads=4, init_std=0.2),
     "bart": lambda path: build_tiny_model("bart", path, layers=2, hidden=64, heads=4, init_std=0.2),
 }
-TOY_VERSION = "1"
+TOY_VERSION = "2"  # bumped when a builder changes, so cached toy models are rebuilt
 
 
 def cache_root() -> Path:

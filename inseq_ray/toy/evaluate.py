@@ -25,9 +25,12 @@ METHODS: dict[str, dict] = {
 }
 
 
-def task_accuracy(task: str = "translator", n: int = 300, seed: int = 1234) -> dict:
-    """Greedy outputs on held-out examples vs the references: exact match and token accuracy."""
-    am = inseq_ray.load_model(f"toy:{task}", device="cpu")
+def task_accuracy(task: str = "translator", n: int = 300, seed: int = 1234, model: str | None = None) -> dict:
+    """Greedy outputs on held-out examples vs the references: exact match and token accuracy.
+
+    ``model``: a folder holding a rebuilt model of ``task`` (default: the shipped ``toy:<task>``).
+    """
+    am = inseq_ray.load_model(model or f"toy:{task}", device="cpu")
     pairs = translation_corpus(n, seed) if task == "translator" else copy_corpus(n, seed)
     hyps = am.generate([s for s, _, _ in pairs], batch_size=64)
     exact = sum(h.split() == t.split() for h, (_, t, _) in zip(hyps, pairs, strict=True))

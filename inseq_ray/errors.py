@@ -1,0 +1,60 @@
+"""Every public exception of inseq_ray, and the reason codes of the pipeline's ``errors`` table.
+
+All user-facing errors are ``ValueError`` subclasses (bad input, unknown ids, unsupported models)
+except :class:`NonFiniteAttributionError` (an arithmetic failure of the model itself).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why a record is in the ``errors`` table (its ``reason`` column; documented in docs/tables.md)."""
+
+    EMPTY = "empty"  # no text to attribute
+    INVALID_UTF8 = "invalid_utf8"  # a text line that is not UTF-8
+    BAD_JSON = "bad_json"  # a JSONL line that does not parse or is not an object
+    MISSING_COLUMN = "missing_column"  # the configured source/target column is absent
+    TOO_LONG = "too_long"  # over the model's maximum length
+    TARGET_MISMATCH = "target_mismatch"  # decoder-only target that does not start with its prompt
+    NON_FINITE = "non_finite"  # attributions overflowed (inf/NaN)
+    BAD_INPUT = "bad_input"  # any other input the model cannot attribute
+    INTERNAL_ERROR = "internal_error"  # a bug or an unexpected failure: the message says what
+
+
+class InputError(ValueError):
+    """A user input that cannot be attributed; the message names the input and the fix.
+
+    ``code`` is the :class:`Reason` the pipeline stores in its errors table.
+    """
+
+    def __init__(self, message: str, code: Reason | str = Reason.BAD_INPUT) -> None:
+        super().__init__(message)
+        self.code = Reason(code)
+
+
+class UnknownIdError(ValueError):
+    """An unknown registry id (method, step function, aggregation...); the message lists the valid ones."""
+
+
+class ModelConformanceError(ValueError):
+    """The attribution forward of a model would not equal the model's own forward from ids."""
+
+
+class UnsafeKeyError(ValueError):
+    """A storage key part that could escape its prefix or is not portable."""
+
+
+class NonFiniteAttributionError(ArithmeticError):
+    """Attributions of an input contain inf/NaN (e.g. fp16 overflow); names the input."""
+
+
+__all__ = [
+    "InputError",
+    "ModelConformanceError",
+    "NonFiniteAttributionError",
+    "Reason",
+    "UnknownIdError",
+    "UnsafeKeyError",
+]
