@@ -3,37 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from inseq_ray.pipeline.config import PipelineConfig
 
-FLAG_FIELDS = {  # flag -> (config field, argparse kwargs)
-    "--input": (
-        "input",
-        {
-            "help": "file, folder or glob (any fsspec URL): txt, jsonl, csv, parquet (default: the bundled example corpus)"
-        },
-    ),
-    "--output": (
-        "output",
-        {"help": "run prefix (any fsspec URL); rerun with the same prefix to resume (default: out/run)"},
-    ),
-    "--model": ("model", {"help": "HF id, local folder or toy:<name> (default: toy:translator)"}),
-    "--method": ("method", {"help": "attribution method (default: saliency)"}),
-    "--input-format": ("input_format", {"help": "text|jsonl|csv|parquet (default: from the extension)"}),
-    "--source-column": ("source_column", {"help": "column with the input text (default: source)"}),
-    "--target-column": ("target_column", {"help": "column with forced targets (default: target)"}),
-    "--attributed-fn": ("attributed_fn", {"help": "attributed step function (default: probability)"}),
-    "--aggregate-fn": ("aggregate_fn", {"help": "hidden-dim aggregation for tables/objects (default: vnorm)"}),
-    "--scores-precision": ("scores_precision", {"help": "float32|float16|bfloat16|float8 in the objects"}),
-    "--batch-size": ("batch_size", {"type": int, "help": "sentences per forward pass (default: 32)"}),
-    "--shard-bytes": ("shard_bytes", {"type": int, "help": "input bytes per shard (unit of resume)"}),
-    "--num-actors": ("num_actors", {"type": int, "help": "attribution actors (default: one per GPU, else 2)"}),
-    "--num-gpus-per-actor": ("num_gpus_per_actor", {"type": float, "help": "default: 1 if the cluster has GPUs"}),
-    "--num-cpus-per-actor": ("num_cpus_per_actor", {"type": float, "help": "default: 1"}),
-    "--device": ("device", {"help": "cpu, cuda (default: cuda when the actor has a GPU)"}),
-    "--dtype": ("dtype", {"choices": ["fp32", "bf16", "fp16"], "help": "model precision"}),
-}
+NOT_FLAGS = ("use_ray",)  # set by --local
+
+
+def config_flags() -> list[tuple[str, str, dict]]:
+    """(flag, config field, argparse kwargs) for every PipelineConfig field, from its type and help text."""
+    out = []
+    for f in dataclasses.fields(PipelineConfig):
+        if f.name in NOT_FLAGS:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = f.metadata.get("show_default") or (json.dumps(default) if isinstance(default, list | dict) else default)
+        text = f.metadata["help"]
+        kw: dict = {"default": None, "help": text if "default:" in text else f"{text} (default: {shown})"}
+        kind = str(f.type).replace(" | None", "")
+        if kind == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        elif kind.startswith("list"):
+            kw["nargs"] = "*"
+        elif kind.startswith("dict"):
+            kw["type"] = json_object
+        elif kind in ("int", "float"):
+            kw["type"] = {"int": int, "float": float}[kind]
+        out.append(("--" + f.name.replace("_", "-"), f.name, kw))
+    return out
 
 
 def json_object(value: str) -> dict:
@@ -49,17 +47,8 @@ def json_object(value: str) -> dict:
 
 def add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config (keys: the PipelineConfig fields); flags override it")
-    for flag, (_, kw) in FLAG_FIELDS.items():
-        p.add_argument(flag, default=None, **kw)
-    p.add_argument("--step-scores", nargs="*", default=None, help="step scores to store (default: probability)")
-    p.add_argument(
-        "--method-args", type=json_object, default=None, help="JSON method arguments, e.g. '{\"n_steps\": 20}'"
-    )
-    p.add_argument(
-        "--generation-args", type=json_object, default=None, help="JSON generate() arguments when targets are absent"
-    )
-    p.add_argument("--attribute-target", action="store_true", default=None, help="also attribute the target prefix")
-    p.add_argument("--save-granular", action="store_true", default=None, help="keep hidden-size tensors in the objects")
+    for flag, _, kw in config_flags():
+        p.add_argument(flag, **kw)
     p.add_argument("--local", action="store_true", help="run the blocks in this process, without Ray")
     p.add_argument(
         "--dry-run",
@@ -72,12 +61,10 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     cfg = PipelineConfig.from_yaml(args.config) if args.config else PipelineConfig()
-    updates = {field: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, (field, _) in FLAG_FIELDS.items()}
-    for name in ("step_scores", "method_args", "generation_args", "attribute_target", "save_granular"):
-        updates[name] = getattr(args, name)
-    for key, value in updates.items():
+    for _, name, _ in config_flags():
+        value = getattr(args, name)
         if value is not None:
-            setattr(cfg, key, value)
+            setattr(cfg, name, value)
     if args.local:
         cfg.use_ray = False
     return cfg

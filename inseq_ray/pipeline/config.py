@@ -14,35 +14,71 @@ import yaml
 EXAMPLE_CORPUS = str(Path(__file__).resolve().parents[1] / "data" / "example_corpus.jsonl")
 
 
+def setting(
+    default: Any = None, help: str = "", *, results: bool = False, factory=None, show_default: str | None = None
+):
+    """A config field with its help text and whether it changes results (then it is in the fingerprint).
+
+    ``show_default``: how ``--help`` shows the default (when the value itself would not read well).
+    """
+    meta = {"help": help, "results": results, "show_default": show_default}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class PipelineConfig:
-    """Every field has a default and a one-line reason."""
+    """Every field has a default, a one-line help (also the CLI's) and whether it changes results."""
 
-    input: str = EXAMPLE_CORPUS  # file, folder or glob, any fsspec URL (txt, jsonl, csv, parquet)
-    output: str = "out/run"  # run prefix, any fsspec URL; rerunning with the same prefix resumes
-    model: str = "toy:translator"  # HF id, local folder or toy:<name>; the default needs no network
-    method: str = "saliency"  # attribution method id
-    input_format: str | None = None  # text|jsonl|csv|parquet; None: from the file extension
-    source_column: str = "source"  # jsonl/csv/parquet column holding the input text
-    target_column: str | None = "target"  # optional column with forced targets; generated when absent
-    attribute_target: bool = False  # encoder-decoder: also attribute the target prefix
-    attributed_fn: str = "probability"  # step function whose gradient is attributed
-    step_scores: list[str] = field(default_factory=lambda: ["probability"])  # per-token scores to store
-    method_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"n_steps": 20} for IG
-    generation_args: dict[str, Any] = field(default_factory=lambda: {"max_new_tokens": 40})  # when no targets
-    aggregate_fn: str = "vnorm"  # reduces the hidden dimension on the device before anything is copied
-    normalize: bool = True  # each step's source + target scores sum to 1 (Inseq's default)
-    save_granular: bool = False  # keep [tokens, steps, hidden] tensors in the objects (large!)
-    scores_precision: str = "float32"  # precision of tensors in the per-sequence objects
-    batch_size: int = 32  # sentences per forward pass (records are sorted by length within a shard)
-    shard_bytes: int = 256 << 10  # input bytes per shard: the unit of resume and of commit
-    num_actors: int | None = None  # attribution actors; None: one per GPU, else 2 on CPU
-    num_gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
-    num_cpus_per_actor: float = 1.0  # CPU slots per actor (keep below the cluster's count)
-    device: str | None = None  # None: cuda when the actor has a GPU
-    dtype: str | None = None  # bf16/fp16 on GPUs; None keeps the checkpoint's dtype
-    use_ray: bool = True  # False: run the same blocks in a plain local loop
-    expected_records_per_gpu_s: float = 1500.0  # dry-run GPU-hour estimate (engine bench, ~20-token targets)
+    input: str = setting(
+        EXAMPLE_CORPUS,
+        "file, folder or glob, any fsspec URL (txt, jsonl, csv, parquet)",
+        results=True,
+        show_default="the bundled example corpus",
+    )
+    output: str = setting("out/run", "run prefix, any fsspec URL; rerunning with the same prefix resumes")
+    model: str = setting(
+        "toy:translator", "HF id, local folder or toy:<name>; the default needs no network", results=True
+    )
+    method: str = setting("saliency", "attribution method id", results=True)
+    input_format: str | None = setting(None, "text|jsonl|csv|parquet; default: from the file extension", results=True)
+    source_column: str = setting("source", "jsonl/csv/parquet column holding the input text", results=True)
+    target_column: str | None = setting(
+        "target", "optional column with forced targets; generated when absent", results=True
+    )
+    attribute_target: bool = setting(False, "encoder-decoder: also attribute the target prefix", results=True)
+    attributed_fn: str = setting("probability", "step function whose gradient is attributed", results=True)
+    step_scores: list[str] = setting(
+        help="per-token step scores to store", results=True, factory=lambda: ["probability"]
+    )
+    method_args: dict[str, Any] = setting(
+        help="JSON method arguments, e.g. '{\"n_steps\": 20}' for IG", results=True, factory=dict
+    )
+    generation_args: dict[str, Any] = setting(
+        help="JSON generate() arguments, used when a record has no target",
+        results=True,
+        factory=lambda: {"max_new_tokens": 40},
+    )
+    aggregate_fn: str = setting(
+        "vnorm", "reduces the hidden dimension on the device before anything is copied", results=True
+    )
+    normalize: bool = setting(True, "each step's source + target scores sum to 1 (Inseq's default)", results=True)
+    save_granular: bool = setting(False, "keep [tokens, steps, hidden] tensors in the objects (large!)", results=True)
+    scores_precision: str = setting(
+        "float32", "float32|float16|bfloat16|float8 for tensors in the objects", results=True
+    )
+    batch_size: int = setting(32, "sentences per forward pass (records are sorted by length within a shard)")
+    shard_bytes: int = setting(256 << 10, "input bytes per shard: the unit of resume and of commit", results=True)
+    num_actors: int | None = setting(None, "attribution actors; default: one per GPU, else 2 on CPU")
+    num_gpus_per_actor: float | None = setting(None, "default: 1 when the cluster has GPUs, else 0")
+    num_cpus_per_actor: float = setting(1.0, "CPU slots per actor (keep below the cluster's count)")
+    device: str | None = setting(None, "cpu, cuda; default: cuda when the actor has a GPU")
+    dtype: str | None = setting(
+        None, "fp32|bf16|fp16 (bf16/fp16 on GPUs); default: the checkpoint's dtype", results=True
+    )
+    use_ray: bool = setting(True, "False: run the same blocks in a plain local loop (CLI: --local)")
+    expected_records_per_gpu_s: float = setting(1500.0, "dry-run GPU-hour estimate (engine bench, ~20-token targets)")
 
     @classmethod
     def from_yaml(cls, path: str) -> PipelineConfig:
@@ -64,28 +100,13 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes results: a resumed run must match it."""
-        keys = (
-            "input",
-            "model",
-            "method",
-            "input_format",
-            "source_column",
-            "target_column",
-            "attribute_target",
-            "attributed_fn",
-            "step_scores",
-            "method_args",
-            "generation_args",
-            "aggregate_fn",
-            "normalize",
-            "save_granular",
-            "scores_precision",
-            "shard_bytes",
-            "dtype",
-        )
-        payload = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True, default=str)
+        """Hash of every field marked ``results=True``: a resumed run must match it."""
+        payload = json.dumps(self.results_settings(), sort_keys=True, default=str)
         return hashlib.sha1(payload.encode()).hexdigest()[:16]
+
+    def results_settings(self) -> dict[str, Any]:
+        """The fields that change results (those the fingerprint covers), by name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("results")}
 
     def validate(self) -> None:
         if not self.input or not self.output:

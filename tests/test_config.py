@@ -1,0 +1,49 @@
+"""PipelineConfig is the one source of the CLI flags, their help and the resume fingerprint."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from inseq_ray.pipeline.cli import NOT_FLAGS, add_dataset_args, config_from_args
+from inseq_ray.pipeline.config import PipelineConfig
+
+FIELDS = dataclasses.fields(PipelineConfig)
+
+
+def _parse(*argv: str) -> PipelineConfig:
+    p = argparse.ArgumentParser()
+    add_dataset_args(p)
+    return config_from_args(p.parse_args(list(argv)))
+
+
+def test_every_field_has_help_and_a_flag():
+    p = argparse.ArgumentParser()
+    add_dataset_args(p)
+    flags = {a.dest for a in p._actions}
+    for f in FIELDS:
+        assert f.metadata.get("help"), f.name
+        assert f.name in flags or f.name in NOT_FLAGS, f.name
+
+
+def test_flags_set_fields_of_every_type():
+    cfg = _parse(
+        "--batch-size", "7", "--num-gpus-per-actor", "0.5", "--step-scores", "entropy", "probability",
+        "--method-args", '{"n_steps": 3}', "--no-normalize", "--attribute-target", "--local",
+    )  # fmt: skip
+    assert (cfg.batch_size, cfg.num_gpus_per_actor, cfg.step_scores) == (7, 0.5, ["entropy", "probability"])
+    assert cfg.method_args == {"n_steps": 3} and cfg.normalize is False and cfg.attribute_target is True
+    assert cfg.use_ray is False
+    assert _parse() == PipelineConfig()  # no flag changes nothing
+
+
+@pytest.mark.parametrize("f", FIELDS, ids=lambda f: f.name)
+def test_the_fingerprint_covers_exactly_the_fields_that_change_results(f):
+    base = PipelineConfig()
+    value = getattr(base, f.name)
+    other = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v + 1.0, list: lambda v: [*v, "x"]}
+    changed = other.get(type(value), lambda v: {"k": 1} if isinstance(v, dict) else f"{v}-other")(value)
+    moved = dataclasses.replace(base, **{f.name: changed})
+    assert (moved.fingerprint() != base.fingerprint()) == bool(f.metadata["results"]), f.name
