@@ -85,12 +85,13 @@ def s3():
 
 
 @pytest.fixture(scope="session")
-def ray_local(s3, tmp_path_factory):
+def ray_local(s3):
     """One in-process Ray for the session (4 logical CPUs), started after the S3 env is in place."""
     import ray
 
-    fault_dir = tmp_path_factory.mktemp("faults")
-    os.environ["INSEQ_RAY_FAULT_KILL_ONCE_DIR"] = str(fault_dir)
+    import tests.faults
+
+    ray.cloudpickle.register_pickle_by_value(tests.faults)  # test blocks travel to the actors by value
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield {"fault_dir": fault_dir}
+    yield {}
     ray.shutdown()

@@ -51,7 +51,6 @@ def test_ray_job_submit_of_the_shipped_entrypoint(tmp_path):
         "RAY_AUTH_MODE": "disabled",
     }
     env.pop("RAY_ADDRESS", None)
-    env.pop("INSEQ_RAY_FAULT_KILL_ONCE_DIR", None)
     gcs, dash = _port(), _port()
     temp = Path("/tmp") / f"rayjob-{os.getpid()}"  # short path: Ray's socket names have a length limit
     start = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import torch
 
 import inseq_ray as inseq
 from inseq_ray.errors import UnsafeKeyError
+from inseq_ray.pipeline.blocks import Attribute, CommitShard, ReadShard, WriteObjects
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.runner import run
 from inseq_ray.pipeline.shards import plan_shards, read_shard
@@ -69,10 +71,10 @@ def test_shards_are_deterministic_and_cover_every_line(tmp_path):
     shards = plan_shards(str(tmp_path / "x.txt"), shard_bytes=1024)
     assert len(shards) > 5 and shards == plan_shards(str(tmp_path / "x.txt"), shard_bytes=1024)
     records = [r for s in shards for r in read_shard(s)]
-    assert [r["source"] for r in records] == [f"line number {i}" for i in range(500)]
-    assert len({r["seq_id"] for r in records}) == 500
-    again = [r["seq_id"] for s in plan_shards(str(tmp_path / "x.txt"), shard_bytes=999) for r in read_shard(s)]
-    assert again == [r["seq_id"] for r in records]  # ids depend on content and position, not on sharding
+    assert [r.source for r in records] == [f"line number {i}" for i in range(500)]
+    assert len({r.seq_id for r in records}) == 500
+    again = [r.seq_id for s in plan_shards(str(tmp_path / "x.txt"), shard_bytes=999) for r in read_shard(s)]
+    assert again == [r.seq_id for r in records]  # ids depend on content and position, not on sharding
 
 
 def test_local_run_on_every_format_with_bad_records(tmp_path):
@@ -202,15 +204,16 @@ def test_ray_run_on_s3_read_back_with_polars(tmp_path, s3, ray_local):
 
 @pytest.mark.ray
 def test_ray_actor_killed_mid_run(tmp_path, ray_local):
+    from tests.faults import KillOnce
+
     corpus = tmp_path / "corpus"
     n = make_corpus(corpus, n=30)
-    (ray_local["fault_dir"] / "armed").write_text("1")
-    try:
-        cfg = PipelineConfig(input=str(corpus), output=str(tmp_path / "run"), shard_bytes=1024, num_actors=2)
-        run(cfg, progress=False)
-    finally:
-        (ray_local["fault_dir"] / "armed").unlink()
-    assert (ray_local["fault_dir"] / "fired").exists()  # an actor really died mid-shard
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    blocks = (ReadShard, Attribute, WriteObjects, functools.partial(KillOnce, folder=str(faults)), CommitShard)
+    cfg = PipelineConfig(input=str(corpus), output=str(tmp_path / "run"), shard_bytes=1024, num_actors=2)
+    run(cfg, progress=False, blocks=blocks)
+    assert (faults / "fired").exists()  # an actor really died after writing objects, before its commit
     _, seqs, errs = check_complete(tmp_path / "run", n)
     assert errs.height == 0 and seqs.height == n
 
@@ -237,7 +240,6 @@ def test_resume_after_the_driver_is_killed(tmp_path, ray_local):
         "--no-report",
     ]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("INSEQ_RAY_FAULT_KILL_ONCE_DIR", None)
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     shards_dir = out / "_shards"
     deadline = time.time() + 240
@@ -286,3 +288,20 @@ def test_decoder_only_run_and_granular_objects(tmp_path):
     assert (top["attributed_token"] == top["target_token"]).mean() > 0.3
     obj = inseq.FeatureAttributionOutput.load(seqs["object_uri"][0])
     assert obj[0].attribution_dims == ("hidden",) and obj[0].target_attributions.shape[-1] == 64
+
+
+def test_a_block_list_missing_a_step_fails_before_any_work(tmp_path):
+    from inseq_ray.pipeline.runner import ShardWorker
+
+    cfg = PipelineConfig(output=str(tmp_path / "run"), use_ray=False).to_dict()
+    with pytest.raises(TypeError, match="WriteObjects needs results"):
+        ShardWorker(cfg, blocks=(ReadShard, WriteObjects, CommitShard))
+    with pytest.raises(TypeError, match="summary"):
+        ShardWorker(cfg, blocks=(ReadShard,))
+
+
+def test_no_fault_hook_is_left_in_production_code():
+    import pathlib
+
+    text = "".join(p.read_text() for p in pathlib.Path(inseq.__file__).parent.rglob("*.py"))
+    assert "INSEQ_RAY_FAULT" not in text and "os._exit" not in text

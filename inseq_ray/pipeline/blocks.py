@@ -1,41 +1,44 @@
 """The pipeline's blocks: ``Block(config)`` sets up once, ``__call__(batch) -> batch`` transforms a batch.
 
 They know nothing of Ray: :mod:`inseq_ray.pipeline.runner` runs the same list in a Ray actor or in
-a plain loop. A batch is one shard: ``{"shard": dict}`` grows ``records``, ``results``, ``errors``
-and finally ``summary``.
+a plain loop. A batch is one shard (:class:`~inseq_ray.pipeline.data.ShardBatch`); each block declares
+the fields it ``needs`` and ``provides`` (checked when the list is built).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Any
 
 from inseq_ray.errors import InputError, NonFiniteAttributionError, Reason
 from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenceOutput
 from inseq_ray.pipeline import tables
 from inseq_ray.pipeline.config import PipelineConfig
-from inseq_ray.pipeline.shards import Shard, read_shard
+from inseq_ray.pipeline.data import ShardBatch, ShardSummary
+from inseq_ray.pipeline.shards import Record, read_shard
 from inseq_ray.pipeline.storage import Storage
 from inseq_ray.serialization import to_bytes
 
-Batch = dict[str, Any]
 MAX_INPUT_CHARS = 1000  # error rows keep at most this much of the offending input
 
 
 class ReadShard:
     """shard -> records (bad lines become records with ``error_reason`` set)."""
 
+    needs, provides = ("shard",), ("records",)
+
     def __init__(self, cfg: PipelineConfig) -> None:
         self.cfg = cfg
 
-    def __call__(self, batch: Batch) -> Batch:
-        shard = Shard(**batch["shard"])
-        batch["records"] = list(read_shard(shard, self.cfg.source_column, self.cfg.target_column))
+    def __call__(self, batch: ShardBatch) -> ShardBatch:
+        batch.records = list(read_shard(batch.shard, self.cfg.source_column, self.cfg.target_column))
         return batch
 
 
 class Attribute:
     """records -> (record, aggregated sequence output) results, plus error rows. Loads the model once."""
+
+    needs, provides = ("records",), ("results", "errors", "attribute_seconds")
 
     def __init__(self, cfg: PipelineConfig) -> None:
         from transformers.utils import logging as hf_logging
@@ -46,29 +49,25 @@ class Attribute:
         self.cfg = cfg
         self.model = inseq_ray.load_model(cfg.model, cfg.method, device=cfg.device, dtype=cfg.dtype)
 
-    def __call__(self, batch: Batch) -> Batch:
-        records = batch["records"]
-        errors = [r for r in records if r["error_reason"]]
-        todo = [r for r in records if not r["error_reason"]]
+    def __call__(self, batch: ShardBatch) -> ShardBatch:
+        errors = [r for r in batch.records if r.error_reason]
+        todo = [r for r in batch.records if not r.error_reason]
         start = time.perf_counter()
-        results: list[tuple[dict, FeatureAttributionSequenceOutput]] = []
-        for group in (
-            [r for r in todo if r["target"] is not None],
-            [r for r in todo if r["target"] is None],
-        ):
+        results: list[tuple[Record, FeatureAttributionSequenceOutput]] = []
+        for group in ([r for r in todo if r.target is not None], [r for r in todo if r.target is None]):
             if group:
                 ok, bad = self._attribute_isolating_errors(group)
                 results += ok
                 errors += bad
-        batch["results"], batch["errors"] = results, errors
-        batch["attribute_seconds"] = time.perf_counter() - start
+        batch.results, batch.errors = results, errors
+        batch.attribute_seconds = time.perf_counter() - start
         return batch
 
-    def _attribute(self, records: list[dict]) -> list[FeatureAttributionSequenceOutput]:
+    def _attribute(self, records: list[Record]) -> list[FeatureAttributionSequenceOutput]:
         cfg = self.cfg
-        targets = None if records[0]["target"] is None else [r["target"] for r in records]
+        targets = None if records[0].target is None else [r.target for r in records]
         out = self.model.attribute(
-            [r["source"] for r in records],
+            [r.source for r in records],
             targets,
             attribute_target=cfg.attribute_target,
             step_scores=cfg.step_scores,
@@ -80,13 +79,13 @@ class Attribute:
             **cfg.method_args,
         )
         for r, text in zip(records, out.info["generated_texts"], strict=True):
-            r["generated_text"], r["generated"] = text, targets is None
+            r.generated_text, r.generated = text, targets is None
         if cfg.save_granular:
             return out.sequence_attributions
         # objects then hold exactly the scores of the tables (hidden dim already reduced on the device)
         return [seq.aggregate(normalize=cfg.normalize) for seq in out.sequence_attributions]
 
-    def _attribute_isolating_errors(self, records: list[dict]) -> tuple[list, list]:
+    def _attribute_isolating_errors(self, records: list[Record]) -> tuple[list, list]:
         """All at once; if that fails, one by one so that only the bad records become errors."""
         try:
             return list(zip(records, self._attribute(records), strict=True)), []
@@ -97,7 +96,7 @@ class Attribute:
             try:
                 ok.append((r, self._attribute([r])[0]))
             except Exception as e:
-                bad.append({**r, "error_reason": str(reason_code(e)), "error_message": str(e)[:500]})
+                bad.append(dataclasses.replace(r, error_reason=str(reason_code(e)), error_message=str(e)[:500]))
         return ok, bad
 
 
@@ -112,74 +111,75 @@ def reason_code(e: Exception) -> Reason:
 class WriteObjects:
     """Write one ``sequences/<xx>/<seq_id>.json.gz`` per result (deterministic key: retries overwrite)."""
 
+    needs, provides = ("results",), ("results",)  # fills each record's object_uri / object_bytes
+
     def __init__(self, cfg: PipelineConfig) -> None:
         self.cfg, self.storage = cfg, Storage(cfg.output)
 
-    def __call__(self, batch: Batch) -> Batch:
+    def __call__(self, batch: ShardBatch) -> ShardBatch:
         info = {
             "model_name": self.cfg.model,
             "attribution_method": self.cfg.method,
             "attributed_fn": self.cfg.attributed_fn,
             "step_scores": self.cfg.step_scores,
         }
-        for record, seq in batch["results"]:
+        for record, seq in batch.results:
             one = FeatureAttributionOutput(
                 [seq],
                 {
                     **info,
-                    "seq_id": record["seq_id"],
-                    "input_texts": [record["source"]],
-                    "generated_texts": [record["generated_text"]],
+                    "seq_id": record.seq_id,
+                    "input_texts": [record.source],
+                    "generated_texts": [record.generated_text],
                 },
             )
             data = to_bytes(one, compress=True, precision=self.cfg.scores_precision)
-            sid = record["seq_id"]
-            record["object_uri"] = self.storage.write_bytes(data, "sequences", sid[:2], f"{sid}.json.gz")
-            record["object_bytes"] = len(data)
+            sid = record.seq_id
+            record.object_uri = self.storage.write_bytes(data, "sequences", sid[:2], f"{sid}.json.gz")
+            record.object_bytes = len(data)
         return batch
 
 
 class CommitShard:
     """Write the shard's table files, then its done marker (the shard's commit point)."""
 
+    needs, provides = ("records", "results", "errors", "attribute_seconds"), ("summary",)
+
     def __init__(self, cfg: PipelineConfig) -> None:
         self.cfg, self.storage = cfg, Storage(cfg.output)
 
-    def __call__(self, batch: Batch) -> Batch:
-        cfg, shard_id = self.cfg, batch["shard"]["shard_id"]
-        aggregated = [(r["seq_id"], self._aggregate(seq)) for r, seq in batch["results"]]
-        per_seq_seconds = batch["attribute_seconds"] / max(1, len(batch["results"]))
+    def __call__(self, batch: ShardBatch) -> ShardBatch:
+        cfg, shard_id = self.cfg, batch.shard.shard_id
+        aggregated = [(r.seq_id, self._aggregate(seq)) for r, seq in batch.results]
+        per_seq_seconds = batch.attribute_seconds / max(1, len(batch.results))
+        rows = [
+            self._sequence_row(r, s, per_seq_seconds) for (r, _), (_, s) in zip(batch.results, aggregated, strict=True)
+        ]
         built = {
-            "sequences": tables.rows_table(
-                [
-                    self._sequence_row(r, s, per_seq_seconds)
-                    for (r, _), (_, s) in zip(batch["results"], aggregated, strict=True)
-                ],
-                tables.SEQUENCES,
-            ),
+            "sequences": tables.rows_table(rows, tables.SEQUENCES),
             "source_attributions": tables.attribution_table(aggregated, "source"),
             "target_attributions": tables.attribution_table(aggregated, "target"),
             "step_scores": tables.step_scores_table(aggregated, cfg.step_scores),
-            "errors": tables.rows_table([self._error_row(r) for r in batch["errors"]], tables.ERRORS),
+            "errors": tables.rows_table([self._error_row(r) for r in batch.errors], tables.ERRORS),
         }
         sizes = {}
         for name, table in built.items():
             data = tables.to_parquet_bytes(table)
             self.storage.write_bytes(data, "tables", name, f"{shard_id}.parquet")
             sizes[name] = len(data)
-        summary = {
-            "shard_id": shard_id,
-            "records": len(batch["records"]),
-            "ok": len(batch["results"]),
-            "errors": len(batch["errors"]),
-            "target_tokens": sum(s.n_steps for _, s in aggregated),
-            "rows": {name: t.num_rows for name, t in built.items()},
-            "bytes": {**sizes, "objects": sum(r.get("object_bytes", 0) for r, _ in batch["results"])},
-            "attribute_seconds": batch["attribute_seconds"],
-            "input_bytes": batch["shard"]["size"],
-        }
-        self.storage.write_json(summary, "_shards", f"{shard_id}.json")
-        batch["summary"] = summary
+        summary = ShardSummary(
+            shard_id=shard_id,
+            records=len(batch.records),
+            ok=len(batch.results),
+            errors=len(batch.errors),
+            target_tokens=sum(s.n_steps for _, s in aggregated),
+            rows={name: t.num_rows for name, t in built.items()},
+            bytes={**sizes, "objects": sum(r.object_bytes for r, _ in batch.results)},
+            attribute_seconds=batch.attribute_seconds,
+            input_bytes=batch.shard.size,
+        )
+        self.storage.write_json(summary.to_dict(), "_shards", f"{shard_id}.json")
+        batch.summary = summary
         return batch
 
     def _aggregate(self, seq: FeatureAttributionSequenceOutput) -> FeatureAttributionSequenceOutput:
@@ -189,14 +189,14 @@ class CommitShard:
         fn = self.cfg.aggregate_fn if seq.attribution_dims == ("hidden",) else None
         return seq.aggregate(fn, normalize=self.cfg.normalize)
 
-    def _sequence_row(self, r: dict, seq: FeatureAttributionSequenceOutput, seconds: float) -> dict:
+    def _sequence_row(self, r: Record, seq: FeatureAttributionSequenceOutput, seconds: float) -> dict:
         return {
-            "seq_id": r["seq_id"],
-            "shard": r["shard"],
-            "source_file": r["source_file"],
-            "position": r["position"],
-            "source_text": r["source"],
-            "target_text": r["generated_text"],
+            "seq_id": r.seq_id,
+            "shard": r.shard,
+            "source_file": r.source_file,
+            "position": r.position,
+            "source_text": r.source,
+            "target_text": r.generated_text,
             "source_tokens": [t.token for t in seq.source],
             "target_tokens": [t.token for t in seq.target],
             "source_token_ids": [t.id for t in seq.source],
@@ -207,22 +207,22 @@ class CommitShard:
             "model": self.cfg.model,
             "method": self.cfg.method,
             "attributed_fn": self.cfg.attributed_fn,
-            "generated": r["generated"],
-            "object_uri": r["object_uri"],
-            "object_bytes": r["object_bytes"],
+            "generated": r.generated,
+            "object_uri": r.object_uri,
+            "object_bytes": r.object_bytes,
             "attribute_seconds": seconds,
         }
 
     @staticmethod
-    def _error_row(r: dict) -> dict:
+    def _error_row(r: Record) -> dict:
         return {
-            "seq_id": r["seq_id"],
-            "shard": r["shard"],
-            "source_file": r["source_file"],
-            "position": r["position"],
-            "input": r["source"][:MAX_INPUT_CHARS],
-            "reason": r["error_reason"],
-            "message": r["error_message"],
+            "seq_id": r.seq_id,
+            "shard": r.shard,
+            "source_file": r.source_file,
+            "position": r.position,
+            "input": r.source[:MAX_INPUT_CHARS],
+            "reason": r.error_reason,
+            "message": r.error_message,
         }
 
 

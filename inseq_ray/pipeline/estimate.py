@@ -13,7 +13,8 @@ import tempfile
 
 from inseq_ray.pipeline.blocks import BLOCKS
 from inseq_ray.pipeline.config import PipelineConfig
-from inseq_ray.pipeline.shards import plan_shards, read_shard
+from inseq_ray.pipeline.data import ShardBatch, check_blocks
+from inseq_ray.pipeline.shards import Record, Shard, plan_shards, read_shard
 
 
 def _spread(items: list, k: int) -> list:
@@ -49,7 +50,7 @@ def estimate(cfg: PipelineConfig, sample_records: int = 2000, attribute_records:
         sampled_bytes += shard.size
         sampled.append(shard)
     est_records = round(len(records) * total_bytes / max(sampled_bytes, 1))
-    good = [r for r in records if not r["error_reason"]]
+    good = [r for r in records if not r.error_reason]
     measured = _measure(cfg, _spread(good, attribute_records)) if good else {"tokens": 0.0, "bytes": {}}
     ok_share = len(good) / max(len(records), 1)
     per_gpu = cfg.expected_records_per_gpu_s
@@ -68,18 +69,19 @@ def estimate(cfg: PipelineConfig, sample_records: int = 2000, attribute_records:
     }
 
 
-def _measure(cfg: PipelineConfig, records: list[dict]) -> dict:
+def _measure(cfg: PipelineConfig, records: list[Record]) -> dict:
     """Attribute ``records`` locally through the real blocks into a temp folder; per-record sizes."""
     with tempfile.TemporaryDirectory() as tmp:
         local = dataclasses.replace(cfg, output=tmp, use_ray=False)
         rest = [block(local) for block in BLOCKS[1:]]  # the records are already read
-        batch = {"shard": {"shard_id": "dryrun", "size": 0}, "records": records}
+        check_blocks(rest, start=("shard", "records"))
+        batch = ShardBatch(Shard("dryrun", "", "", "text", 0, 0), records=records)
         for block in rest:
             batch = block(batch)
-        s = batch["summary"]
+        s = batch.summary
     n = max(1, len(records))
-    ok = max(1, s["ok"])
-    return {"tokens": s["target_tokens"] / ok, "bytes": {k: v / n for k, v in s["bytes"].items()}}
+    ok = max(1, s.ok)
+    return {"tokens": s.target_tokens / ok, "bytes": {k: v / n for k, v in s.bytes.items()}}
 
 
 def human_bytes(n: float) -> str:

@@ -15,30 +15,32 @@ import json
 import os
 import platform
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from inseq_ray.pipeline.blocks import BLOCKS
 from inseq_ray.pipeline.config import PipelineConfig
+from inseq_ray.pipeline.data import ShardBatch, check_blocks
 from inseq_ray.pipeline.shards import Shard, plan_shards
 from inseq_ray.pipeline.storage import Storage, redact_url
 
-FAULT_ENV = "INSEQ_RAY_FAULT_KILL_ONCE_DIR"  # testing hook: a folder; see _maybe_inject_fault
-
 
 class ShardWorker:
-    """The whole block list for one shard at a time; one instance per actor (model loaded once)."""
+    """The whole block list for one shard at a time; one instance per actor (model loaded once).
 
-    def __init__(self, cfg: dict) -> None:
+    ``blocks``: block classes (or factories) called with the config; default :data:`BLOCKS`. Tests
+    inject their own (e.g. one that kills the process between writing and committing).
+    """
+
+    def __init__(self, cfg: dict, blocks: Sequence[Callable] = BLOCKS) -> None:
         config = PipelineConfig.from_dict(cfg)
-        self.blocks = [block(config) for block in BLOCKS]
+        self.blocks = [block(config) for block in blocks]
+        check_blocks(self.blocks)
 
     def process(self, shard: dict) -> dict:
-        batch = {"shard": shard}
+        batch = ShardBatch(Shard(**shard))
         for block in self.blocks:
             batch = block(batch)
-            if block.__class__.__name__ == "WriteObjects":
-                _maybe_inject_fault()
-        return batch["summary"]
+        return batch.summary.to_dict()
 
     def __call__(self, batch: dict) -> dict:
         """Ray Data entry point: a batch of shard rows (numpy columns) -> JSON summaries."""
@@ -53,23 +55,13 @@ def _py(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def _maybe_inject_fault() -> None:
-    """Testing hook: if ``$FAULT_ENV/armed`` exists and ``fired`` does not, kill this process mid-shard
-    (after its objects are written, before its commit), once."""
-    folder = os.environ.get(FAULT_ENV)
-    if folder and os.path.exists(os.path.join(folder, "armed")) and not os.path.exists(os.path.join(folder, "fired")):
-        with open(os.path.join(folder, "fired"), "w") as f:
-            f.write(str(os.getpid()))
-        os._exit(1)
-
-
-def run_local(cfg: PipelineConfig, shards: list[Shard]) -> Iterator[dict]:
-    worker = ShardWorker(cfg.to_dict())
+def run_local(cfg: PipelineConfig, shards: list[Shard], blocks: Sequence[Callable] = BLOCKS) -> Iterator[dict]:
+    worker = ShardWorker(cfg.to_dict(), blocks)
     for shard in shards:
         yield worker.process(shard.to_dict())
 
 
-def run_ray(cfg: PipelineConfig, shards: list[Shard]) -> Iterator[dict]:
+def run_ray(cfg: PipelineConfig, shards: list[Shard], blocks: Sequence[Callable] = BLOCKS) -> Iterator[dict]:
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -84,7 +76,7 @@ def run_ray(cfg: PipelineConfig, shards: list[Shard]) -> Iterator[dict]:
     ds = ray.data.from_items([s.to_dict() for s in shards], override_num_blocks=len(shards))
     ds = ds.map_batches(
         ShardWorker,
-        fn_constructor_kwargs={"cfg": cfg.to_dict()},
+        fn_constructor_kwargs={"cfg": cfg.to_dict(), "blocks": tuple(blocks)},
         batch_size=1,
         compute=ActorPoolStrategy(min_size=1, max_size=actors),
         num_gpus=num_gpus,
@@ -107,8 +99,8 @@ def init_ray() -> None:
         ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=True)
 
 
-def run(cfg: PipelineConfig, progress: bool = True) -> dict:
-    """Run (or resume) the pipeline; returns the manifest."""
+def run(cfg: PipelineConfig, progress: bool = True, blocks: Sequence[Callable] = BLOCKS) -> dict:
+    """Run (or resume) the pipeline with ``blocks`` (default :data:`BLOCKS`); returns the manifest."""
     cfg.validate()
     storage = Storage(cfg.output)
     if storage.exists("manifest.json"):
@@ -119,7 +111,7 @@ def run(cfg: PipelineConfig, progress: bool = True) -> dict:
     pending = [s for s in shards if s.shard_id not in done]
     start = time.perf_counter()
     runner = run_ray if cfg.use_ray else run_local
-    new = list(_track(runner(cfg, pending), sum(s.size for s in pending), progress)) if pending else []
+    new = list(_track(runner(cfg, pending, blocks), sum(s.size for s in pending), progress)) if pending else []
     elapsed = time.perf_counter() - start
     summaries = [storage.read_json("_shards", f"{s.shard_id}.json") for s in shards if s.shard_id in done] + new
     manifest = build_manifest(cfg, shards, summaries, len(new), elapsed)

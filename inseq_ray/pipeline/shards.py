@@ -37,6 +37,27 @@ class Shard:
         return asdict(self)
 
 
+@dataclass
+class Record:
+    """One input record; bad ones carry ``error_reason`` (a :class:`Reason`) instead of raising.
+
+    The last four fields are filled in by the blocks that attribute and write it.
+    """
+
+    seq_id: str
+    shard: str
+    source_file: str
+    position: int
+    source: str
+    target: str | None
+    error_reason: str = ""
+    error_message: str = ""
+    generated_text: str | None = None  # the attributed target (forced or generated)
+    generated: bool = False  # the target was generated
+    object_uri: str | None = None
+    object_bytes: int = 0
+
+
 def detect_format(path: str, fmt: str | None) -> str:
     if fmt:
         if fmt not in set(FORMATS.values()):
@@ -110,20 +131,20 @@ def seq_id_for(rel: str, position: int, source: str, target: str | None) -> str:
 
 def _record(
     shard: Shard, position: int, source: str, target: str | None, reason: Reason | str = "", message: str = ""
-) -> dict:
-    return {
-        "seq_id": seq_id_for(shard.rel, position, source, target),
-        "shard": shard.shard_id,
-        "source_file": shard.rel,
-        "position": position,
-        "source": source,
-        "target": target,
-        "error_reason": str(reason),
-        "error_message": message,
-    }
+) -> Record:
+    return Record(
+        seq_id=seq_id_for(shard.rel, position, source, target),
+        shard=shard.shard_id,
+        source_file=shard.rel,
+        position=position,
+        source=source,
+        target=target,
+        error_reason=str(reason),
+        error_message=message,
+    )
 
 
-def read_shard(shard: Shard, source_column: str = "source", target_column: str | None = "target") -> Iterator[dict]:
+def read_shard(shard: Shard, source_column: str = "source", target_column: str | None = "target") -> Iterator[Record]:
     """Records of one shard; unreadable records come back with ``error_reason`` set, never raised."""
     if shard.fmt in ("text", "jsonl"):
         yield from _read_lines(shard, source_column, target_column)
@@ -155,7 +176,7 @@ def _lines(shard: Shard) -> Iterator[tuple[int, bytes]]:
             pos += len(raw)
 
 
-def _read_lines(shard: Shard, source_column: str, target_column: str | None) -> Iterator[dict]:
+def _read_lines(shard: Shard, source_column: str, target_column: str | None) -> Iterator[Record]:
     for pos, raw in _lines(shard):
         raw = raw.rstrip(b"\r\n")
         try:
@@ -180,7 +201,7 @@ def _read_lines(shard: Shard, source_column: str, target_column: str | None) -> 
         yield _json_record(shard, pos, line, source_column, target_column)
 
 
-def _json_record(shard: Shard, pos: int, line: str, source_column: str, target_column: str | None) -> dict:
+def _json_record(shard: Shard, pos: int, line: str, source_column: str, target_column: str | None) -> Record:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
@@ -191,7 +212,7 @@ def _json_record(shard: Shard, pos: int, line: str, source_column: str, target_c
     return _check_text(shard, pos, obj[source_column], target if isinstance(target, str) else None)
 
 
-def _check_text(shard: Shard, pos: int, source: str, target: str | None) -> dict:
+def _check_text(shard: Shard, pos: int, source: str, target: str | None) -> Record:
     if not source.strip():
         return _record(shard, pos, source, target, Reason.EMPTY, "empty source text")
     if target is not None and not target.strip():
@@ -199,7 +220,7 @@ def _check_text(shard: Shard, pos: int, source: str, target: str | None) -> dict
     return _record(shard, pos, source, target)
 
 
-def _read_table(shard: Shard, source_column: str, target_column: str | None) -> Iterator[dict]:
+def _read_table(shard: Shard, source_column: str, target_column: str | None) -> Iterator[Record]:
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 

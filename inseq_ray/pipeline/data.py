@@ -1,0 +1,73 @@
+"""The typed data that travels between the pipeline's blocks (one shard at a time).
+
+``ShardBatch`` starts with its ``shard``; each block declares the fields it ``needs`` and the ones it
+``provides`` (checked once by :func:`check_blocks` when a worker is built), so a newcomer can read
+what a block depends on from its class, and a block list missing a step fails before any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from inseq_ray.output import FeatureAttributionSequenceOutput
+from inseq_ray.pipeline.shards import Record, Shard
+
+
+@dataclass
+class ShardSummary:
+    """What a committed shard reports (also its ``_shards/<id>.json`` marker)."""
+
+    shard_id: str
+    records: int
+    ok: int
+    errors: int
+    target_tokens: int
+    rows: dict[str, int]
+    bytes: dict[str, int]
+    attribute_seconds: float
+    input_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ShardBatch:
+    """One shard on its way through the blocks; fields are filled in block order."""
+
+    shard: Shard
+    records: list[Record] = field(default_factory=list)  # every record read, bad ones included
+    results: list[tuple[Record, FeatureAttributionSequenceOutput]] = field(default_factory=list)  # attributed
+    errors: list[Record] = field(default_factory=list)  # records with error_reason set
+    attribute_seconds: float = 0.0
+    summary: ShardSummary | None = None
+
+
+class Block(Protocol):
+    """``Block(config)`` sets up once; ``block(batch)`` transforms one shard's batch."""
+
+    needs: ClassVar[tuple[str, ...]]
+    provides: ClassVar[tuple[str, ...]]
+
+    def __call__(self, batch: ShardBatch) -> ShardBatch: ...
+
+
+def check_blocks(blocks: list, start: tuple[str, ...] = ("shard",)) -> None:
+    """Every block's ``needs`` are provided by the start or an earlier block, and a summary comes out."""
+    valid = {f.name for f in dataclasses.fields(ShardBatch)}
+    have = set(start)
+    for block in blocks:
+        name = type(block).__name__
+        for key in (*block.needs, *block.provides):
+            if key not in valid:
+                raise TypeError(
+                    f"block {name} names {key!r}, which is not a ShardBatch field ({', '.join(sorted(valid))})."
+                )
+        missing = sorted(set(block.needs) - have)
+        if missing:
+            raise TypeError(f"block {name} needs {', '.join(missing)}, which no earlier block provides.")
+        have |= set(block.provides)
+    if "summary" not in have:
+        raise TypeError("no block provides the shard's summary: the block list must end with a commit.")
