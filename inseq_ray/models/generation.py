@@ -1,0 +1,61 @@
+"""Batched generation of the targets to attribute, keeping the exact generated ids (no re-tokenisation)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def generate_targets(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    batch_size: int | None,
+    generation_args: dict,
+) -> tuple[list[str], list[list[int]]]:
+    """Generated texts and the token ids to attribute, ``batch_size`` texts per ``generate`` call.
+
+    Encoder-decoder ids are decoder start .. EOS; decoder-only ids are prompt + new tokens (Inseq's
+    target is the full text). Decoder-only prompts are left-padded for ``generate`` only; the
+    attribution batches are right-padded again from these ids.
+    """
+    is_enc_dec = bool(model.config.is_encoder_decoder)
+    size = batch_size or len(texts)
+    out_texts: list[str] = []
+    out_ids: list[list[int]] = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "right" if is_enc_dec else "left"
+    try:
+        for s in range(0, len(texts), size):
+            enc = tokenizer(texts[s : s + size], return_tensors="pt", padding=True).to(model.device)
+            with torch.no_grad():
+                ids = model.generate(**enc, pad_token_id=tokenizer.pad_token_id, **generation_args)
+            out_texts += tokenizer.batch_decode(ids, skip_special_tokens=True)
+            width = enc["attention_mask"].shape[1]
+            for row, prompt_len in zip(ids.tolist(), enc["attention_mask"].sum(1).tolist(), strict=True):
+                out_ids.append(kept_ids(row, width, prompt_len, tokenizer, is_enc_dec))
+    finally:
+        tokenizer.padding_side = side
+    return out_texts, out_ids
+
+
+def kept_ids(
+    row: list[int], prompt_width: int, prompt_len: int, tokenizer: PreTrainedTokenizerBase, is_enc_dec: bool
+) -> list[int]:
+    """One generated row -> the ids to attribute: enc-dec keeps start..EOS; decoder-only keeps prompt + new tokens."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if is_enc_dec:
+        kept = [row[0]]
+        for i in row[1:]:
+            if i == pad and i != eos:
+                break
+            kept.append(i)
+            if i == eos:
+                break
+        return kept
+    new = []
+    for i in row[prompt_width:]:
+        if i in (eos, pad):
+            break
+        new.append(i)
+    return row[prompt_width - prompt_len : prompt_width] + new

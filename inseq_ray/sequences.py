@@ -1,0 +1,64 @@
+"""From the engine's batched device tensors to per-sequence outputs (beside the engine; pure but for one copy)."""
+
+from __future__ import annotations
+
+import torch
+
+from inseq_ray.engine import MethodResult
+from inseq_ray.errors import NonFiniteAttributionError
+from inseq_ray.models.encoding import EncodedBatch
+from inseq_ray.output import FeatureAttributionSequenceOutput
+
+
+def reduce_hidden_on_device(result: MethodResult, fn_id: str) -> MethodResult:
+    """(T, B, L, H) -> (T, B, L) with an aggregation function, before anything is copied to the host."""
+    from inseq_ray.aggregation import AGGREGATION_FUNCTIONS
+    from inseq_ray.registry import lookup
+
+    fn = lookup(AGGREGATION_FUNCTIONS, fn_id, "aggregation function")
+    reduced = {k: fn(v, dim=-1) for k, v in result.attributions.items()}
+    return MethodResult(reduced, result.step_scores, dims=())
+
+
+def build_sequences(
+    batch: EncodedBatch, result: MethodResult, scores: dict[str, torch.Tensor], idx: list[int], valid: torch.Tensor
+) -> list[FeatureAttributionSequenceOutput]:
+    """Split (T, B, L, *extra) device tensors into per-sequence outputs, one host copy per tensor.
+
+    ``valid`` (B, T) marks real steps: only those count in the non-finite check. ``idx`` are the
+    inputs' positions in the user's list (named in errors).
+    """
+    attrs = {k: v.transpose(0, 1) for k, v in result.attributions.items()}  # (B, T, L, *extra)
+    finite = torch.stack([(v.isfinite().flatten(2).all(2) | ~valid).all(1) for v in attrs.values()]).all(0).cpu()
+    attrs = {k: v.cpu() for k, v in attrs.items()}
+    scores = {k: v.cpu() for k, v in scores.items()}
+    starts, ends = batch.attr_start.tolist(), batch.attr_end.tolist()
+    tgt_lens = batch.target_mask.sum(1).tolist()
+    src_lens = batch.source_mask.sum(1).tolist() if batch.source_mask is not None else None
+    out = []
+    for b in range(batch.size):
+        if not finite[b]:
+            raise NonFiniteAttributionError(f"Attributions of input {idx[b]} contain inf/NaN; try float32.")
+        s0, n = starts[b], ends[b] - starts[b]
+        src = tgt = None
+        if "source" in attrs:
+            src = attrs["source"][b, :n, : src_lens[b]].transpose(0, 1).contiguous()  # (S, n, *extra)
+        if "target" in attrs:
+            tgt = attrs["target"][b, :n, : tgt_lens[b]].transpose(0, 1).contiguous()  # (L, n, *extra)
+            future = torch.arange(tgt_lens[b])[:, None] >= s0 + torch.arange(n)[None, :]  # (L, n)
+            tgt[future] = float("nan")
+        target_tokens = batch.target_tokens[b]
+        source_tokens = batch.source_tokens[b] if batch.source_tokens is not None else target_tokens[:s0]
+        out.append(
+            FeatureAttributionSequenceOutput(
+                source=source_tokens,
+                target=target_tokens,
+                source_attributions=src,
+                target_attributions=tgt,
+                step_scores={k: v[b, :n].clone() for k, v in scores.items()},
+                attr_pos_start=s0,
+                attr_pos_end=s0 + n,
+                attribution_dims=result.dims,
+            )
+        )
+    return out
