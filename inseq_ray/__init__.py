@@ -3,6 +3,7 @@
 from inseq_ray.aggregation import list_aggregation_functions, register_aggregation_function
 from inseq_ray.attribution_model import AttributionModel, load_model
 from inseq_ray.errors import (
+    AttributionFileError,
     InputError,
     ModelConformanceError,
     NonFiniteAttributionError,
@@ -21,6 +22,7 @@ from inseq_ray.step_scores import StepFunctionArgs, list_step_functions, registe
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttributionFileError",
     "AttributionModel",
     "FeatureAttributionOutput",
     "FeatureAttributionSequenceOutput",

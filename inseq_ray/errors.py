@@ -46,11 +46,16 @@ class UnsafeKeyError(ValueError):
     """A storage key part that could escape its prefix or is not portable."""
 
 
+class AttributionFileError(ValueError):
+    """A saved attribution file that cannot be read (broken, not ours, or over the size limits); names the file."""
+
+
 class NonFiniteAttributionError(ArithmeticError):
     """Attributions of an input contain inf/NaN (e.g. fp16 overflow); names the input."""
 
 
 __all__ = [
+    "AttributionFileError",
     "InputError",
     "ModelConformanceError",
     "NonFiniteAttributionError",

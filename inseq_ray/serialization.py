@@ -1,7 +1,10 @@
 """Save/load attribution outputs as JSON (optionally gzipped) through fsspec.
 
 Tensors are stored as ``{"dtype", "shape", "data": base64(little-endian bytes)}``; loading builds
-plain tensors and dataclasses and never imports anything named inside a file.
+plain tensors and dataclasses and never imports anything named inside a file. Loading refuses files
+whose (decompressed) size exceeds :data:`MAX_FILE_BYTES` (a gzip bomb stops there, not in memory)
+or whose JSON nests deeper than Python's parser allows; every failure is one
+:class:`~inseq_ray.errors.AttributionFileError` (a ``ValueError``) naming the file.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import fsspec
 import numpy as np
 import torch
 
+from inseq_ray.errors import AttributionFileError
 from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenceOutput
 
+MAX_FILE_BYTES = 256 << 20  # JSON bytes after decompression; a pipeline object is ~1 KB, granular ones MBs
 FORMAT = "inseq_ray.feature_attribution"
 VERSION = 1
 PRECISIONS = {
@@ -102,10 +107,13 @@ def output_to_dict(out: FeatureAttributionOutput, precision: str = "float32") ->
 
 
 def output_from_dict(d: dict) -> FeatureAttributionOutput:
-    if d.get("format") != FORMAT:
-        raise ValueError(f"Not an inseq_ray attribution file (format={d.get('format')!r}).")
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        fmt = d.get("format") if isinstance(d, dict) else type(d).__name__
+        raise AttributionFileError(f"Not an inseq_ray attribution file (format={fmt!r}).")
     if d.get("version", 0) > VERSION:
-        raise ValueError(f"File version {d['version']} is newer than this inseq_ray ({VERSION}); upgrade inseq_ray.")
+        raise AttributionFileError(
+            f"File version {d['version']} is newer than this inseq_ray ({VERSION}); upgrade inseq_ray."
+        )
     return FeatureAttributionOutput([sequence_from_dict(s) for s in d["sequence_attributions"]], d.get("info", {}))
 
 
@@ -115,10 +123,39 @@ def to_bytes(out: FeatureAttributionOutput, compress: bool, precision: str = "fl
     return gzip.compress(text, compresslevel=6, mtime=0) if compress else text
 
 
-def from_bytes(raw: bytes) -> FeatureAttributionOutput:
+def from_bytes(raw: bytes, name: str = "<bytes>", limit: int = MAX_FILE_BYTES) -> FeatureAttributionOutput:
+    """Parse saved bytes (gzip detected from the content); any problem is one :class:`AttributionFileError`."""
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    return output_from_dict(json.loads(raw))
+        raw = _gunzip_capped(raw, name, limit)
+    if len(raw) > limit:
+        raise AttributionFileError(
+            f"{name}: {len(raw):,} bytes is over the {limit:,}-byte limit for attribution files."
+        )
+    try:
+        return output_from_dict(json.loads(raw))
+    except AttributionFileError as e:
+        raise AttributionFileError(f"{name}: {e}") from None
+    except RecursionError:
+        raise AttributionFileError(f"{name}: JSON nested too deeply to be an attribution file.") from None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError, OverflowError) as e:
+        raise AttributionFileError(
+            f"{name}: not a valid inseq_ray attribution file ({type(e).__name__}: {e})."
+        ) from None
+
+
+def _gunzip_capped(raw: bytes, name: str, limit: int) -> bytes:
+    """Decompress at most ``limit`` bytes; a file that expands further is refused before it fills memory."""
+    import io
+    import zlib
+
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+            out = f.read(limit + 1)
+    except (OSError, EOFError, zlib.error) as e:
+        raise AttributionFileError(f"{name}: broken gzip data ({e}).") from None
+    if len(out) > limit:
+        raise AttributionFileError(f"{name}: decompresses to over {limit:,} bytes, the limit for attribution files.")
+    return out
 
 
 def save(
@@ -160,7 +197,16 @@ def _info_for(info: dict, i: int) -> dict:
     return one
 
 
-def load(path: str, decompress: bool | None = None) -> FeatureAttributionOutput:
-    """Read a saved output; gzip is detected from the content (``decompress`` is accepted for Inseq parity)."""
-    with fsspec.open(path, "rb") as f:
-        return from_bytes(f.read())
+def load(path: str, decompress: bool | None = None, max_bytes: int = MAX_FILE_BYTES) -> FeatureAttributionOutput:
+    """Read a saved output (any fsspec URL, e.g. a pipeline ``object_uri``); gzip is detected from the content
+    (``decompress`` is accepted for Inseq parity). Files over ``max_bytes`` (after decompression) are refused
+    with :class:`AttributionFileError`; raise it for very large granular files you trust."""
+    from inseq_ray.pipeline.storage import redact_url
+
+    name = redact_url(str(path))
+    try:
+        with fsspec.open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise AttributionFileError(f"{name}: no such file.") from None
+    return from_bytes(raw, name, max_bytes)

@@ -54,6 +54,12 @@ def test_aws_cluster_launcher():
         assert node["node_config"]["IamInstanceProfile"]["Name"]
     head_cmd = " ".join(cfg["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_cmd and "RAY_AUTH_MODE=token" in head_cmd
+    # the token exists before the head starts: file_mounts copies the client's token to every node
+    token_path = next(iter(cfg["file_mounts"]))
+    assert cfg["file_mounts"][token_path] == "~/.ray/auth_token"
+    for cmd in (*cfg["head_start_ray_commands"], *cfg["worker_start_ray_commands"]):
+        if "ray start" in cmd:
+            assert f"RAY_AUTH_TOKEN_PATH={token_path}" in cmd and "RAY_AUTH_MODE=token" in cmd
     commands = (ROOT / "infra/aws/cluster.yaml").read_text()
     for f in re.findall(r"(jobs/\S+\.(?:py|yaml))", commands):
         assert (ROOT / f).exists(), f

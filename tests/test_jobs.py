@@ -42,13 +42,19 @@ def _port() -> int:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_ray_job_submit_of_the_shipped_entrypoint(tmp_path):
+    """Token auth as the AWS launcher sets it up: one token file, read by the head and by `ray job submit`."""
+    import secrets
+
     venv_bin = Path(sys.executable).parent
     ray_cli = venv_bin / "ray"
+    token = tmp_path / "ray_auth_token"
+    token.write_text(secrets.token_hex(32))
     env = {
         **os.environ,
         "PATH": f"{venv_bin}:{os.environ['PATH']}",
         "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "disabled",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
     }
     env.pop("RAY_ADDRESS", None)
     gcs, dash = _port(), _port()
@@ -72,7 +78,7 @@ def test_ray_job_submit_of_the_shipped_entrypoint(tmp_path):
     )
     out = tmp_path / "job-run"
     try:
-        _wait_for_dashboard(dash)
+        _wait_for_dashboard(dash, token.read_text())
         job = subprocess.run(
             [
                 str(ray_cli),
@@ -110,14 +116,17 @@ def test_ray_job_submit_of_the_shipped_entrypoint(tmp_path):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _wait_for_dashboard(port: int, timeout: float = 120) -> None:
+def _wait_for_dashboard(port: int, token: str, timeout: float = 120) -> None:
     import time
     import urllib.request
 
     deadline = time.time() + timeout
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/version", headers={"Authorization": f"Bearer {token}"}
+    )
     while time.time() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=2):
+            with urllib.request.urlopen(request, timeout=2):
                 return
         except OSError:
             time.sleep(1)

@@ -159,7 +159,7 @@ def test_resume_refuses_a_different_config(tmp_path):
     run(cfg, progress=False)
     Storage(str(tmp_path / "run")).fs.rm(str(tmp_path / "run" / "manifest.json"))
     cfg.method = "input_x_gradient"
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match="another configuration .method: .saliency. there -> .input_x_gradient. here"):
         run(cfg, progress=False)
 
 

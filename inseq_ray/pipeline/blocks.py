@@ -86,18 +86,18 @@ class Attribute:
         return [seq.aggregate(normalize=cfg.normalize) for seq in out.sequence_attributions]
 
     def _attribute_isolating_errors(self, records: list[Record]) -> tuple[list, list]:
-        """All at once; if that fails, one by one so that only the bad records become errors."""
+        """All at once; if that fails, bisect: one bad record costs O(log n) retries, and only it errors."""
         try:
             return list(zip(records, self._attribute(records), strict=True)), []
-        except Exception:
-            pass
-        ok, bad = [], []
-        for r in records:
-            try:
-                ok.append((r, self._attribute([r])[0]))
-            except Exception as e:
-                bad.append(dataclasses.replace(r, error_reason=str(reason_code(e)), error_message=str(e)[:500]))
-        return ok, bad
+        except Exception as e:
+            if len(records) == 1:
+                return [], [
+                    dataclasses.replace(records[0], error_reason=str(reason_code(e)), error_message=str(e)[:500])
+                ]
+        half = len(records) // 2
+        ok_a, bad_a = self._attribute_isolating_errors(records[:half])
+        ok_b, bad_b = self._attribute_isolating_errors(records[half:])
+        return ok_a + ok_b, bad_a + bad_b
 
 
 def reason_code(e: Exception) -> Reason:

@@ -8,6 +8,9 @@ def table_glob(prefix: str, name: str) -> str:
 
 
 def print_summary(manifest: dict) -> None:
+    if manifest.get("already_complete"):
+        print(f"already complete: {manifest['records']} records (see manifest.json); nothing to do")
+        return
     this = manifest["this_run"]
     rate = (
         f"{this['records_per_s']:.1f} sentences/s, {this['target_tokens_per_s']:.1f} target tokens/s"

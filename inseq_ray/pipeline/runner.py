@@ -1,7 +1,10 @@
 """Runs the blocks over a corpus: in a Ray Data actor pool (the default) or in a plain local loop.
 
 Protocol (resumable, effectively-once):
-1. ``_run.json`` records the config fingerprint; resuming with a different config is refused.
+1. ``_run.json`` (config, fingerprint, the input files' sizes and versions, the shard plan) is created
+   exclusively (local ``O_EXCL``, S3 ``If-None-Match``): of two runs started on one prefix, one owns
+   it; the other joins only with the same configuration and input, else it is refused naming what
+   differs. A resume against changed input, or a complete run whose input changed, is refused too.
 2. Shards are planned deterministically; shards with a ``_shards/<id>.json`` marker are skipped.
 3. Each shard's objects and table files have deterministic names (a retry overwrites), and its marker
    is written after them: the marker is the shard's commit point.
@@ -20,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from inseq_ray.pipeline.blocks import BLOCKS
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.data import ShardBatch, check_blocks
-from inseq_ray.pipeline.shards import Shard, plan_shards
+from inseq_ray.pipeline.shards import Shard, input_identity, plan_shards
 from inseq_ray.pipeline.storage import Storage, redact_url
 
 
@@ -99,19 +102,39 @@ def init_ray() -> None:
         ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=True)
 
 
+class RunConflictError(ValueError):
+    """The output prefix holds a run of another configuration or another input; the message says what differs."""
+
+
 def run(cfg: PipelineConfig, progress: bool = True, blocks: Sequence[Callable] = BLOCKS) -> dict:
-    """Run (or resume) the pipeline with ``blocks`` (default :data:`BLOCKS`); returns the manifest."""
+    """Run (or resume) the pipeline with ``blocks`` (default :data:`BLOCKS`); returns the manifest.
+
+    A complete run with the same configuration and input returns its manifest with
+    ``already_complete=True`` and does nothing.
+    """
     cfg.validate()
     storage = Storage(cfg.output)
-    if storage.exists("manifest.json"):
-        return storage.read_json("manifest.json")
-    _check_run_config(storage, cfg)
     shards = plan_shards(cfg.input, cfg.input_format, cfg.shard_bytes)
+    record = {
+        "fingerprint": cfg.fingerprint(),
+        "config": safe_config(cfg),
+        "inputs": input_identity(cfg.input),
+        "shards": [s.shard_id for s in shards],
+    }
+    created = claim_run(storage, record)
+    if storage.exists("manifest.json"):
+        return {**storage.read_json("manifest.json"), "already_complete": True}
+    storage.clean_stale_tmp()
     done = {n.removesuffix(".json") for n in storage.list_names("_shards") if n.endswith(".json")}
     pending = [s for s in shards if s.shard_id not in done]
     start = time.perf_counter()
     runner = run_ray if cfg.use_ray else run_local
-    new = list(_track(runner(cfg, pending, blocks), sum(s.size for s in pending), progress)) if pending else []
+    try:
+        new = list(_track(runner(cfg, pending, blocks), sum(s.size for s in pending), progress)) if pending else []
+    except BaseException:
+        if created and not storage.list_names("_shards"):  # nothing committed: leave the prefix reusable
+            storage.delete("_run.json")
+        raise
     elapsed = time.perf_counter() - start
     summaries = [storage.read_json("_shards", f"{s.shard_id}.json") for s in shards if s.shard_id in done] + new
     manifest = build_manifest(cfg, shards, summaries, len(new), elapsed)
@@ -119,17 +142,69 @@ def run(cfg: PipelineConfig, progress: bool = True, blocks: Sequence[Callable] =
     return manifest
 
 
-def _check_run_config(storage: Storage, cfg: PipelineConfig) -> None:
-    record = {"fingerprint": cfg.fingerprint(), "config": safe_config(cfg)}
-    if storage.exists("_run.json"):
-        old = storage.read_json("_run.json")
-        if old.get("fingerprint") != record["fingerprint"]:
-            raise ValueError(
-                f"{redact_url(cfg.output)} holds a run with a different configuration "
-                f"(fingerprint {old.get('fingerprint')} != {record['fingerprint']}): use a new output prefix."
+def claim_run(storage: Storage, record: dict) -> bool:
+    """Create ``_run.json`` exclusively (True), or check that the run it holds is this one (False).
+
+    Raises :class:`RunConflictError` naming the settings or input files that differ.
+    """
+    if storage.create_exclusive(json.dumps(record, indent=2, sort_keys=True).encode(), "_run.json"):
+        return True
+    old = _read_run_record(storage)
+    where = redact_url(storage.prefix)
+    complete = storage.exists("manifest.json")
+    state = "a complete run" if complete else "an unfinished run"
+    if old.get("fingerprint") != record["fingerprint"]:
+        diffs = config_differences(old.get("config", {}), record["config"])
+        raise RunConflictError(
+            f"{where} holds {state} with another configuration ({diffs}); nothing was changed there. "
+            "Use a new --output for this configuration, or rerun with the old settings to "
+            + ("see it." if complete else "resume it.")
+        )
+    if "inputs" in old and old["inputs"] != record["inputs"]:
+        changes = input_differences(old["inputs"], record["inputs"])
+        if complete:
+            raise RunConflictError(
+                f"{where} holds a complete run, but its input changed since ({changes}); the results describe "
+                "the input as it was. To attribute only new records, put them in new files and run those "
+                "(e.g. --input 'corpus/new-*.jsonl') into a new --output."
             )
-    else:
-        storage.write_json(record, "_run.json")
+        raise RunConflictError(
+            f"{where} holds an unfinished run whose input changed since it started ({changes}); resuming would "
+            "lose or duplicate records. Restore the input, or start over with a new --output."
+        )
+    return False
+
+
+def _read_run_record(storage: Storage, attempts: int = 50) -> dict:
+    """``_run.json``, waiting briefly while another process finishes creating it."""
+    for _ in range(attempts):
+        try:
+            return storage.read_json("_run.json")
+        except (json.JSONDecodeError, ValueError):
+            time.sleep(0.1)
+    return storage.read_json("_run.json")
+
+
+def config_differences(old: dict, new: dict) -> str:
+    """The results-changing settings that differ, as ``name: old -> new`` pairs."""
+    keys = PipelineConfig().results_settings()
+    pairs = [f"{k}: {old.get(k)!r} there -> {new.get(k)!r} here" for k in sorted(keys) if old.get(k) != new.get(k)]
+    return "; ".join(pairs) or "fingerprints differ"
+
+
+def input_differences(old: dict, new: dict, limit: int = 5) -> str:
+    """Input files added, removed or changed (size or version), the first ``limit`` of each named."""
+
+    def names(xs: list[str]) -> str:
+        return ", ".join(xs[:limit]) + (f" and {len(xs) - limit} more" if len(xs) > limit else "")
+
+    added = sorted(set(new) - set(old))
+    removed = sorted(set(old) - set(new))
+    changed = sorted(k for k in set(old) & set(new) if old[k] != new[k])
+    parts = [
+        f"{what}: {names(xs)}" for what, xs in (("added", added), ("removed", removed), ("changed", changed)) if xs
+    ]
+    return "; ".join(parts)
 
 
 def safe_config(cfg: PipelineConfig) -> dict:

@@ -58,37 +58,89 @@ class Record:
     object_bytes: int = 0
 
 
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".xz": "xz"}  # read whole-file (not seekable)
+GLOB_CHARS = "*?["
+
+
+def compression_of(path: str) -> str | None:
+    """fsspec compression name from the file's suffix, or None."""
+    return next((name for ext, name in COMPRESSIONS.items() if path.endswith(ext)), None)
+
+
+def strip_compression(path: str) -> str:
+    ext = next((e for e in COMPRESSIONS if path.endswith(e)), "")
+    return path[: len(path) - len(ext)] if ext else path
+
+
 def detect_format(path: str, fmt: str | None) -> str:
     if fmt:
         if fmt not in set(FORMATS.values()):
             raise ValueError(f"Unknown input format {fmt!r}; valid: {', '.join(sorted(set(FORMATS.values())))}.")
         return fmt
+    plain = strip_compression(path)
     for ext, name in FORMATS.items():
-        if path.endswith(ext) or path.endswith(ext + ".gz"):
+        if plain.endswith(ext):
             return name
     raise ValueError(
         f"Cannot tell the format of {path!r} from its extension; pass input_format (text, jsonl, csv, parquet)."
     )
 
 
+def is_input_file(path: str) -> bool:
+    """A file a folder input picks up: a known format (optionally compressed), not hidden or ``_``-prefixed."""
+    name = path.rsplit("/", 1)[-1]
+    return strip_compression(path).endswith(tuple(FORMATS)) and not name.startswith((".", "_"))
+
+
+def glob_base(root: str) -> str:
+    """The folder above the first path component holding a glob character (``/d/[ab]/x*.txt`` -> ``/d``)."""
+    parts = root.split("/")
+    first = next(i for i, part in enumerate(parts) if any(c in part for c in GLOB_CHARS))
+    return "/".join(parts[:first])
+
+
 def list_inputs(url: str) -> tuple[fsspec.AbstractFileSystem, list[str], str]:
     """Expand a file, folder or glob into sorted file paths; returns (fs, paths, base for rel paths)."""
+    from inseq_ray.pipeline.storage import redact_url, refuse_credentials
+
+    refuse_credentials(url, "The input URL")
     fs, root = fsspec.core.url_to_fs(url)
-    if any(c in root for c in "*?["):
+    if _is_http(fs):  # one file per URL: HTTP has no listing
+        paths, base = [root], root.rsplit("/", 1)[0]
+    elif any(c in root for c in GLOB_CHARS):
         paths = sorted(p for p in fs.glob(root) if fs.isfile(p))
-        base = root.split("*")[0].rsplit("/", 1)[0]
+        base = glob_base(root)
     elif fs.isdir(root):
-        paths = sorted(
-            p
-            for p in fs.find(root)
-            if any(p.endswith(e) for e in FORMATS) and not p.rsplit("/", 1)[-1].startswith((".", "_"))
-        )
+        paths = sorted(p for p in fs.find(root) if is_input_file(p))
         base = root.rstrip("/")
     else:
         paths, base = [root], root.rsplit("/", 1)[0]
     if not paths:
-        raise FileNotFoundError(f"No input files found at {url!r}.")
+        raise FileNotFoundError(f"No input files found at {redact_url(url)!r}.")
     return fs, paths, base
+
+
+def _is_http(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return any(p in ("http", "https") for p in protocols)
+
+
+def input_identity(url: str) -> dict[str, dict]:
+    """rel path -> {size, version} of every input file (version: ETag or modification time where known).
+
+    Stored in ``_run.json`` so that a resume against changed input is refused, naming the files.
+    """
+    fs, paths, base = list_inputs(url)
+    out = {}
+    for path in paths:
+        info = fs.info(path)
+        version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+        out[_rel(path, base)] = {"size": int(info.get("size") or 0), "version": str(version).strip('"')}
+    return out
+
+
+def _rel(path: str, base: str) -> str:
+    return path[len(base) :].lstrip("/") or path.rsplit("/", 1)[-1]
 
 
 def plan_shards(url: str, fmt: str | None = None, shard_bytes: int = 4 << 20) -> list[Shard]:
@@ -97,11 +149,11 @@ def plan_shards(url: str, fmt: str | None = None, shard_bytes: int = 4 << 20) ->
     protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
     shards: list[Shard] = []
     for i, path in enumerate(paths):
-        full = path if protocol in ("file", "local") else f"{protocol}://{path}"
-        rel = path[len(base) :].lstrip("/") or path.rsplit("/", 1)[-1]
+        full = path if protocol in ("file", "local") else fs.unstrip_protocol(path)
+        rel = _rel(path, base)
         kind = detect_format(path, fmt)
         size = fs.size(path)
-        if kind in ("text", "jsonl") and not path.endswith(".gz"):
+        if kind in ("text", "jsonl") and compression_of(path) is None and not _is_http(fs):
             n = max(1, -(-size // shard_bytes))
             for j in range(n):
                 start, end = j * shard_bytes, min(size, (j + 1) * shard_bytes)
@@ -152,14 +204,21 @@ def read_shard(shard: Shard, source_column: str = "source", target_column: str |
         yield from _read_table(shard, source_column, target_column)
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 def _lines(shard: Shard) -> Iterator[tuple[int, bytes]]:
-    """(byte offset, raw line) for lines starting in [start, end); whole file for gzipped input."""
-    compression = "gzip" if shard.url.endswith(".gz") else None
+    """(byte offset, raw line) for lines starting in [start, end); the whole file for compressed or HTTP input.
+
+    A UTF-8 byte-order mark at the start of a file is dropped (the first line keeps position 0).
+    """
+    compression = compression_of(shard.url)
+    streamed = compression is not None or shard.end < 0  # whole-file shards: compressed or HTTP input
     with fsspec.open(shard.url, "rb", compression=compression) as f:
-        if compression:
+        if streamed:
             pos = 0
-            for raw in f:
-                yield pos, raw
+            for raw in _iter_lines(f):
+                yield pos, raw.removeprefix(BOM) if pos == 0 else raw
                 pos += len(raw)
             return
         pos = shard.start
@@ -172,8 +231,19 @@ def _lines(shard: Shard) -> Iterator[tuple[int, bytes]]:
             raw = f.readline()
             if not raw:
                 break
-            yield pos, raw
+            yield pos, raw.removeprefix(BOM) if pos == 0 else raw
             pos += len(raw)
+
+
+def _iter_lines(f, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """Lines (with their newline) of a stream that only supports ``read`` (e.g. a zstd reader)."""
+    rest = b""
+    while block := f.read(chunk):
+        lines = (rest + block).split(b"\n")
+        rest = lines.pop()
+        yield from (line + b"\n" for line in lines)
+    if rest:
+        yield rest
 
 
 def _read_lines(shard: Shard, source_column: str, target_column: str | None) -> Iterator[Record]:
@@ -213,6 +283,17 @@ def _json_record(shard: Shard, pos: int, line: str, source_column: str, target_c
 
 
 def _check_text(shard: Shard, pos: int, source: str, target: str | None) -> Record:
+    for name, text in (("source", source), ("target", target)):
+        if text is not None and not _encodable(text):
+            return _record(
+                shard,
+                pos,
+                escape_unencodable(source),
+                None if target is None else escape_unencodable(target),
+                Reason.INVALID_UTF8,
+                f"{name} text holds code points UTF-8 cannot encode (e.g. a lone surrogate from a JSON \\ud800 escape); "
+                "they are shown backslash-escaped here",
+            )
     if not source.strip():
         return _record(shard, pos, source, target, Reason.EMPTY, "empty source text")
     if target is not None and not target.strip():
@@ -220,17 +301,40 @@ def _check_text(shard: Shard, pos: int, source: str, target: str | None) -> Reco
     return _record(shard, pos, source, target)
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def escape_unencodable(text: str) -> str:
+    """``text`` with code points UTF-8 cannot encode (lone surrogates) backslash-escaped; others unchanged."""
+    return text if _encodable(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _read_table(shard: Shard, source_column: str, target_column: str | None) -> Iterator[Record]:
+    """CSV files and Parquet row groups; malformed CSV rows and a missing source column become error records."""
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
-    with fsspec.open(shard.url, "rb") as f:
+    bad_rows: list = []
+    with fsspec.open(shard.url, "rb", compression=compression_of(shard.url)) as f:
         if shard.fmt == "csv":
-            table = pcsv.read_csv(io.BytesIO(f.read()))
+            opts = pcsv.ParseOptions(invalid_row_handler=lambda row: bad_rows.append(row) or "skip")
+            read = pcsv.ReadOptions(encoding="utf8")
+            table = pcsv.read_csv(io.BytesIO(f.read()), read_options=read, parse_options=opts)
         else:
             table = pq.ParquetFile(f).read_row_group(shard.start)
+    for row in bad_rows:  # position: the row's line number in the file
+        text = row.text or ""
+        msg = f"CSV row has {row.actual_columns} fields, the header has {row.expected_columns}"
+        yield _record(shard, int(row.number or 0), text, None, Reason.BAD_INPUT, msg)
     if source_column not in table.column_names:
-        raise ValueError(f"{shard.rel} has no column {source_column!r} (columns: {', '.join(table.column_names)}).")
+        msg = f"{shard.rel} has no column {source_column!r} (columns: {', '.join(table.column_names)}): pass --source-column"
+        yield _record(shard, shard.offset, ",".join(table.column_names), None, Reason.MISSING_COLUMN, msg)
+        return
     sources = table.column(source_column).to_pylist()
     targets = (
         table.column(target_column).to_pylist()

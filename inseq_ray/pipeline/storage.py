@@ -6,9 +6,11 @@ workload identity. Keys are built only from safe characters and cannot escape th
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import time
 import uuid
 from typing import Any
 
@@ -26,20 +28,52 @@ def safe_part(part: str) -> str:
     return part
 
 
+SECRET_QUERY_KEYS = re.compile(
+    r"(?i)^(x-amz-(signature|credential|security-token)|signature|sig|se|sp|sv|token|access_token|"
+    r"x-goog-(signature|credential)|googleaccessid|awsaccesskeyid|key|password|secret)$"
+)
+TMP_DIR = "_tmp"  # temp files live here (never inside folders that readers scan)
+STALE_TMP_SECONDS = 3600  # temp files older than this belong to dead writers and are removed at start
+
+
+class StorageError(ValueError):
+    """A write or read under the run prefix failed; the message names the URL and what to do."""
+
+
 def redact_url(url: str) -> str:
-    """Drop any user:password@ part of a URL before it is logged or stored."""
-    return re.sub(r"//[^/@]*@", "//", url)
+    """Drop ``user:password@`` and secret query parameters (signatures, tokens) before a URL is logged or stored."""
+    url = re.sub(r"//[^/@]*@", "//", url)
+    if "?" not in url:
+        return url
+    base, query = url.split("?", 1)
+    kept = [
+        p if not SECRET_QUERY_KEYS.match(p.split("=", 1)[0]) else p.split("=", 1)[0] + "=REDACTED"
+        for p in query.split("&")
+    ]
+    return base + "?" + "&".join(kept)
+
+
+def refuse_credentials(url: str, what: str) -> None:
+    """Credentials belong in the environment or a profile; a URL carrying them is refused (redacted in the error)."""
+    authority = url.split("://", 1)[1].split("/", 1)[0] if "://" in url else ""
+    if "@" in authority:
+        raise ValueError(
+            f"{what} {redact_url(url)!r} carries credentials (user:password@): put them in the environment "
+            "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ...) or a profile instead."
+        )
 
 
 class Storage:
     """All reads and writes under one run prefix."""
 
     def __init__(self, prefix: str) -> None:
-        if "@" in prefix.split("/", 3)[2 if "://" in prefix else 0]:
-            raise ValueError("Put credentials in the environment or a config profile, not in the output URL.")
+        refuse_credentials(prefix, "The output URL")
         self.prefix = prefix.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.prefix)
         self.is_local = self.fs.protocol in ("file", "local") or "file" in self.fs.protocol
+        if self.is_local:  # absolute, so that object URIs load from any directory
+            self.root = os.path.abspath(self.root)
+            self.prefix = self.root
 
     def url(self, *parts: str) -> str:
         """Full URL of ``prefix/part/part``; every part must be a safe component."""
@@ -49,25 +83,83 @@ class Storage:
         return "/".join([self.root, *(safe_part(p) for p in parts)])
 
     def write_bytes(self, data: bytes, *parts: str) -> str:
-        """Write atomically: temp file + rename locally; a single PUT (atomic) on object stores."""
+        """Write atomically: a temp file under ``_tmp/`` + rename locally; a single PUT (atomic) on object stores."""
         target = self.path(*parts)
-        if self.is_local:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
-        else:
-            with self.fs.open(target, "wb") as f:
-                f.write(data)
+        try:
+            if self.is_local:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                tmp_dir = self.path(TMP_DIR)
+                os.makedirs(tmp_dir, exist_ok=True)
+                tmp = os.path.join(tmp_dir, f"{uuid.uuid4().hex}.tmp")
+                try:
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                    os.replace(tmp, target)
+                finally:
+                    if os.path.exists(tmp):
+                        os.remove(tmp)
+            else:
+                self.fs.pipe_file(target, data)
+        except OSError as e:
+            raise self._error("write", parts, e) from None
         return self.url(*parts)
+
+    def create_exclusive(self, data: bytes, *parts: str) -> bool:
+        """Create ``parts`` only if it does not exist (local O_EXCL, S3 If-None-Match); False if it existed."""
+        target = self.path(*parts)
+        try:
+            if self.is_local:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            elif "s3" in self.fs.protocol:
+                self.fs.pipe_file(target, data, mode="create")
+            else:  # stores without conditional writes: write-then-read-back is the best available claim
+                if self.fs.exists(target):
+                    return False
+                self.fs.pipe_file(target, data)
+                return self.fs.cat_file(target) == data
+        except FileExistsError:
+            return False
+        except OSError as e:
+            raise self._error("write", parts, e) from None
+        return True
+
+    def clean_stale_tmp(self, max_age_s: float = STALE_TMP_SECONDS) -> int:
+        """Remove temp files of dead writers (older than ``max_age_s``); returns how many."""
+        if not self.is_local:
+            return 0  # object stores write with one PUT: no temp files
+        folder = self.path(TMP_DIR)
+        if not os.path.isdir(folder):
+            return 0
+        now, removed = time.time(), 0
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            try:
+                if now - os.path.getmtime(path) > max_age_s:
+                    os.remove(path)
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
 
     def write_json(self, obj: Any, *parts: str) -> str:
         return self.write_bytes(json.dumps(obj, indent=2, sort_keys=True).encode(), *parts)
 
     def read_json(self, *parts: str) -> Any:
-        with self.fs.open(self.path(*parts), "rb") as f:
-            return json.loads(f.read())
+        try:
+            with self.fs.open(self.path(*parts), "rb") as f:
+                return json.loads(f.read())
+        except OSError as e:
+            raise self._error("read", parts, e) from None
+
+    def delete(self, *parts: str) -> None:
+        """Remove one file (missing is fine)."""
+        try:
+            self.fs.rm_file(self.path(*parts))
+        except FileNotFoundError:
+            pass
 
     def exists(self, *parts: str) -> bool:
         return self.fs.exists(self.path(*parts))
@@ -81,3 +173,13 @@ class Storage:
         except FileNotFoundError:
             return []
         return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+    def _error(self, verb: str, parts: tuple[str, ...], e: OSError) -> StorageError:
+        url = redact_url(self.url(*parts))
+        hint = {
+            errno.ENOSPC: "the disk is full: free space or choose another --output",
+            errno.EROFS: "the output is read-only: choose a writable --output",
+            errno.EACCES: "permission denied: check the permissions of --output",
+            errno.EPERM: "permission denied: check the permissions of --output",
+        }.get(e.errno, "check that --output is reachable and writable, then rerun the same command to resume")
+        return StorageError(f"cannot {verb} {url}: {e.strerror or type(e).__name__} ({hint}).")

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from inseq_ray.output import FeatureAttributionSequenceOutput
+from inseq_ray.pipeline.shards import escape_unencodable
 
 SEQUENCES = pa.schema(
     [
@@ -109,7 +110,16 @@ def step_scores_table(seqs: list[tuple[str, FeatureAttributionSequenceOutput]], 
 
 
 def rows_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=schema)
+    """Rows -> table; text UTF-8 cannot encode (lone surrogates) is backslash-escaped, so no value can stop a shard."""
+    return pa.Table.from_pylist([{k: _encodable(v) for k, v in row.items()} for row in rows], schema=schema)
+
+
+def _encodable(value):
+    if isinstance(value, str):
+        return escape_unencodable(value)
+    if isinstance(value, list) and value and isinstance(value[0], str):
+        return [escape_unencodable(v) for v in value]
+    return value
 
 
 def to_parquet_bytes(table: pa.Table) -> bytes:
