@@ -7,15 +7,15 @@ import os
 import sys
 from collections.abc import Sequence
 
-from inseq_ray.pipeline.cli import add_dataset_parser
+from inseq_ray.pipeline.cli import add_dataset_parser, flag_names
 from inseq_ray.pipeline.cli import json_object as _json
 
 ATTRIBUTE_EPILOG = """examples:
   inseq-ray attribute -m toy:translator -a saliency -i "the small cat sees a dog"
   inseq-ray attribute -m Helsinki-NLP/opus-mt-en-it -a integrated_gradients -i "Hello world" \\
-      --attribution-args '{"n_steps": 20}' --step-scores probability entropy --save out.json.gz --html out.html
+      --method-args '{"n_steps": 20}' --step-scores probability entropy --save out.json.gz --html out.html
   inseq-ray attribute -m gpt2 -a attention -i "The capital of France" -g "The capital of France is Paris" \\
-      --attribution-args '{"layers": [0, 2], "aggregate_heads_fn": "max"}' --png out.png
+      --method-args '{"layers": [0, 2], "aggregate_heads_fn": "max"}' --png out.png
 
 Models: a Hugging Face id or local folder; toy:gpt2, toy:bart (random, built locally) and
 toy:translator, toy:copier (trained on synthetic tasks, see inseq_ray.toy) need no network.
@@ -23,23 +23,37 @@ toy:translator, toy:copier (trained on synthetic tasks, see inseq_ray.toy) need 
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--model", required=True, help="Hugging Face model id, local folder, or toy:<name>")
-    p.add_argument("-a", "--method", default="saliency", help="attribution method id (default: saliency)")
+    """The flags ``attribute`` shares with ``attribute-dataset`` (same names, same Inseq aliases)."""
+    f = flag_names
+    p.add_argument(*f("model"), dest="model", required=True, help="Hugging Face model id, local folder, or toy:<name>")
+    p.add_argument(*f("method"), dest="method", default="saliency", help="attribution method id (default: saliency)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument(
         "--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="model precision (default: checkpoint's)"
     )
-    p.add_argument("--attributed-fn", default="probability", help="step function to attribute (default: probability)")
-    p.add_argument("--step-scores", nargs="*", default=[], help="step scores to compute, e.g. probability entropy")
-    p.add_argument("--attribute-target", action="store_true", help="also attribute the target prefix (encoder-decoder)")
-    p.add_argument("--attribution-args", type=_json, default={}, help="JSON method arguments, e.g. '{\"n_steps\": 20}'")
+    p.add_argument(*f("attributed_fn"), dest="attributed_fn", default="probability", help="step function to attribute")
+    p.add_argument(*f("step_scores"), dest="step_scores", nargs="*", default=[], help="e.g. probability entropy")
     p.add_argument(
-        "--generation-args",
+        *f("attribute_target"), dest="attribute_target", action="store_true", help="also attribute the target prefix"
+    )
+    p.add_argument(
+        *f("method_args"),
+        dest="method_args",
+        type=_json,
+        default={},
+        help="JSON method arguments, e.g. '{\"n_steps\": 20}'",
+    )
+    p.add_argument(
+        *f("generation_args"),
+        dest="generation_args",
         type=_json,
         default={},
         help="JSON arguments for generate(), e.g. '{\"max_new_tokens\": 20}'",
     )
-    p.add_argument("-bs", "--batch-size", type=int, default=None, help="sentences per forward pass (default: all)")
+    p.add_argument(*f("batch_size"), dest="batch_size", type=int, default=None, help="sentences per forward pass")
+    p.add_argument(
+        *f("include_eos_baseline"), dest="include_eos_baseline", action="store_true", help="UNK baselines at EOS too"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,17 +69,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_args(p)
     p.add_argument(
-        "-i", "--input-texts", nargs="+", required=True, help="input text(s) (the prompt for decoder-only models)"
+        "-i",
+        "--input-texts",
+        "--input_texts",
+        dest="input_texts",
+        nargs="+",
+        required=True,
+        help="input text(s) (the prompt for decoder-only models)",
     )
     p.add_argument(
-        "-g", "--generated-texts", nargs="+", default=None, help="forced target text(s); generated if omitted"
+        "-g",
+        "--generated-texts",
+        "--generated_texts",
+        dest="generated_texts",
+        nargs="+",
+        default=None,
+        help="forced target text(s); generated if omitted",
     )
-    p.add_argument("-s", "--attr-pos-start", type=int, default=None, help="first target position to attribute")
     p.add_argument(
-        "-e", "--attr-pos-end", type=int, default=None, help="one past the last target position to attribute"
+        "-s",
+        "--attr-pos-start",
+        "--start_pos",
+        dest="attr_pos_start",
+        type=int,
+        default=None,
+        help="first target position to attribute",
     )
-    p.add_argument("--save", default=None, help="save the raw output (JSON; .gz suffix compresses)")
-    p.add_argument("--html", default=None, help="write the HTML heatmap here")
+    p.add_argument(
+        "-e",
+        "--attr-pos-end",
+        "--end_pos",
+        dest="attr_pos_end",
+        type=int,
+        default=None,
+        help="one past the last target position to attribute",
+    )
+    p.add_argument(
+        "-o", "--save", "--save_path", dest="save", default=None, help="save the raw output (JSON; .gz compresses)"
+    )
+    p.add_argument("--html", "--viz_path", dest="html", default=None, help="write the HTML heatmap here")
     p.add_argument("--png", default=None, help="write a PNG heatmap of the first sequence here")
     p.add_argument("--hide", action="store_true", help="do not print the heatmap")
     p.set_defaults(func=run_attribute)
@@ -87,8 +129,9 @@ def run_attribute(args: argparse.Namespace) -> int:
         attr_pos_end=args.attr_pos_end,
         batch_size=args.batch_size,
         generation_args=args.generation_args,
+        include_eos_baseline=args.include_eos_baseline,
         show_progress=False,
-        **args.attribution_args,
+        **args.method_args,
     )
     if args.save:
         for path in out.save(args.save, compress=args.save.endswith(".gz"), overwrite=True):

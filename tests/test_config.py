@@ -47,3 +47,30 @@ def test_the_fingerprint_covers_exactly_the_fields_that_change_results(f):
     changed = other.get(type(value), lambda v: {"k": 1} if isinstance(v, dict) else f"{v}-other")(value)
     moved = dataclasses.replace(base, **{f.name: changed})
     assert (moved.fingerprint() != base.fingerprint()) == bool(f.metadata["results"]), f.name
+
+
+def test_both_subcommands_share_flag_names_and_accept_inseqs():
+    from inseq_ray.cli import build_parser
+    from inseq_ray.pipeline.cli import CONCEPT_FLAGS
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for concept, names in CONCEPT_FLAGS.items():
+        for sub in ("attribute", "attribute-dataset"):
+            if concept == "include_eos_baseline" and sub == "attribute-dataset":
+                continue  # a per-call option of the one-off command only
+            known = {s for a in subs[sub]._actions for s in a.option_strings}
+            assert set(names) <= known, (sub, concept, set(names) - known)
+    inseq_style = parser.parse_args(
+        ["attribute", "--model_name_or_path", "toy:bart", "--attribution_method", "integrated_gradients",
+         "--input_texts", "the cat", "--attribution_kwargs", '{"n_steps": 3}', "--step_scores", "probability",
+         "-bs", "2", "--attribute_target", "--save_path", "x.json"]
+    )  # fmt: skip
+    assert (inseq_style.model, inseq_style.method, inseq_style.method_args) == (
+        "toy:bart",
+        "integrated_gradients",
+        {"n_steps": 3},
+    )
+    assert inseq_style.batch_size == 2 and inseq_style.attribute_target and inseq_style.save == "x.json"
+    ds = _parse("-m", "toy:copier", "-a", "attention", "--attribution_kwargs", '{"layers": 0}', "--batch_size", "4")
+    assert (ds.model, ds.method, ds.method_args, ds.batch_size) == ("toy:copier", "attention", {"layers": 0}, 4)

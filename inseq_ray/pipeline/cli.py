@@ -10,9 +10,27 @@ from inseq_ray.pipeline.config import PipelineConfig
 
 NOT_FLAGS = ("use_ray",)  # set by --local
 
+# One flag per concept in both subcommands (``attribute`` and ``attribute-dataset``), plus Inseq's CLI names.
+CONCEPT_FLAGS: dict[str, tuple[str, ...]] = {
+    "model": ("-m", "--model", "--model_name_or_path"),
+    "method": ("-a", "--method", "--attribution_method"),
+    "attributed_fn": ("-fn", "--attributed-fn", "--attributed_fn"),
+    "step_scores": ("--step-scores", "--step_scores"),
+    "attribute_target": ("--attribute-target", "--attribute_target"),
+    "method_args": ("--method-args", "--attribution-args", "--attribution_kwargs"),
+    "generation_args": ("--generation-args", "--generation_kwargs"),
+    "batch_size": ("-bs", "--batch-size", "--batch_size"),
+    "include_eos_baseline": ("--include-eos-baseline", "--include_eos_baseline", "--eos"),
+}
 
-def config_flags() -> list[tuple[str, str, dict]]:
-    """(flag, config field, argparse kwargs) for every PipelineConfig field, from its type and help text."""
+
+def flag_names(name: str) -> tuple[str, ...]:
+    """The option strings of a config field / concept: its shared names, else ``--field-name``."""
+    return CONCEPT_FLAGS.get(name, ("--" + name.replace("_", "-"),))
+
+
+def config_flags() -> list[tuple[tuple[str, ...], str, dict]]:
+    """(option strings, config field, argparse kwargs) for every PipelineConfig field, from its type and help."""
     out = []
     for f in dataclasses.fields(PipelineConfig):
         if f.name in NOT_FLAGS:
@@ -30,7 +48,7 @@ def config_flags() -> list[tuple[str, str, dict]]:
             kw["type"] = json_object
         elif kind in ("int", "float"):
             kw["type"] = {"int": int, "float": float}[kind]
-        out.append(("--" + f.name.replace("_", "-"), f.name, kw))
+        out.append((flag_names(f.name), f.name, kw))
     return out
 
 
@@ -47,8 +65,8 @@ def json_object(value: str) -> dict:
 
 def add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config (keys: the PipelineConfig fields); flags override it")
-    for flag, _, kw in config_flags():
-        p.add_argument(flag, **kw)
+    for flags, name, kw in config_flags():
+        p.add_argument(*flags, dest=name, **kw)
     p.add_argument("--local", action="store_true", help="run the blocks in this process, without Ray")
     p.add_argument(
         "--dry-run",
