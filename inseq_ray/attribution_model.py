@@ -103,9 +103,13 @@ class AttributionModel:
         attribution_args: dict | None = None,
         attributed_fn_args: dict | None = None,
         step_scores_args: dict | None = None,
+        progress_callback: Callable[[int], None] | None = None,
         **kwargs: Any,
     ) -> FeatureAttributionOutput:
-        """Attribute each generated token of each text; see the README for every argument."""
+        """Attribute each generated token of each text; see the README for every argument.
+
+        ``progress_callback(n)`` is called after each batch with its number of sequences.
+        """
         start_time = time.perf_counter()
         inputs = [input_texts] if isinstance(input_texts, str) else list(input_texts)
         check_texts(inputs, "input_texts")
@@ -131,6 +135,8 @@ class AttributionModel:
         for idx, batch in batches:
             outputs.update(zip(idx, self._attribute_batch(batch, settings, idx), strict=True))
             progress.update(len(idx))
+            if progress_callback is not None:
+                progress_callback(len(idx))
         progress.close()
         info = {
             "model_name": self.model_name,

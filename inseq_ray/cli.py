@@ -158,9 +158,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileExistsError) as e:  # user errors: one clear line, no traceback
+    except (ValueError, TypeError, OSError) as e:  # user and environment errors: one clear line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        print(f"\n{e or 'interrupted'}", file=sys.stderr)
+        return 130
+    except RuntimeError as e:  # failures inside the actors, already reduced to one line
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

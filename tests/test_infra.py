@@ -73,9 +73,10 @@ def test_dockerfile_matches_pyproject_and_ci():
     assert parser.baseimage == f"rayproject/ray:{RAY_PIN}-py311-gpu"  # ARGs resolved by the parser
     assert ">=3.11" in PYPROJECT["project"]["requires-python"]
     runs = [i["value"] for i in parser.structure if i["instruction"] == "RUN"]
-    ci = (ROOT / ".ci/run").read_text()
-    # torch 2.13.0 first, then the project, as in .ci/run
-    assert ci.index("torch==2.13.0") < ci.index('install -q -e ".[dev]"')
+    setup = (ROOT / "scripts/setup").read_text()  # what .ci/run, scripts/test and scripts/demo install with
+    assert "scripts/setup" in (ROOT / ".ci/run").read_text()
+    # torch 2.13.0 first, then the project, as in scripts/setup
+    assert setup.index("torch==2.13.0") < setup.index('install -e ".[dev]"')
     assert len(runs) == 2 and "torch==2.13.0" in runs[0] and runs[1] == "pip install --no-cache-dir ."
     users = [i["value"] for i in parser.structure if i["instruction"] == "USER"]
     assert users == ["ray"]

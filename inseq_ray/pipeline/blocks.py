@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 
 from inseq_ray.errors import InputError, NonFiniteAttributionError, Reason
 from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenceOutput
@@ -48,10 +49,13 @@ class Attribute:
         hf_logging.disable_progress_bar()  # this process is ours (an actor or the CLI): keep logs readable
         self.cfg = cfg
         self.model = inseq_ray.load_model(cfg.model, cfg.method, device=cfg.device, dtype=cfg.dtype)
+        self.on_batch: Callable[[int], None] = lambda n: None  # the current shard's progress callback
 
     def __call__(self, batch: ShardBatch) -> ShardBatch:
         errors = [r for r in batch.records if r.error_reason]
         todo = [r for r in batch.records if not r.error_reason]
+        batch.on_records(len(errors))
+        self.on_batch = batch.on_records
         start = time.perf_counter()
         results: list[tuple[Record, FeatureAttributionSequenceOutput]] = []
         for group in ([r for r in todo if r.target is not None], [r for r in todo if r.target is None]):
@@ -75,6 +79,7 @@ class Attribute:
             batch_size=cfg.batch_size,
             generation_args=cfg.generation_args,
             show_progress=False,
+            progress_callback=self.on_batch,
             aggregate_hidden_fn=None if cfg.save_granular else cfg.aggregate_fn,
             **cfg.method_args,
         )

@@ -8,6 +8,7 @@ what a block depends on from its class, and a block list missing a step fails be
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -43,6 +44,7 @@ class ShardBatch:
     errors: list[Record] = field(default_factory=list)  # records with error_reason set
     attribute_seconds: float = 0.0
     summary: ShardSummary | None = None
+    on_records: Callable[[int], None] = field(default=lambda n: None, repr=False, compare=False)  # progress
 
 
 class Block(Protocol):
@@ -56,7 +58,7 @@ class Block(Protocol):
 
 def check_blocks(blocks: list, start: tuple[str, ...] = ("shard",)) -> None:
     """Every block's ``needs`` are provided by the start or an earlier block, and a summary comes out."""
-    valid = {f.name for f in dataclasses.fields(ShardBatch)}
+    valid = {f.name for f in dataclasses.fields(ShardBatch)} - {"on_records"}
     have = set(start)
     for block in blocks:
         name = type(block).__name__

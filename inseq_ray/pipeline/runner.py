@@ -15,15 +15,21 @@ Protocol (resumable, effectively-once):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
+import re
+import sys
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from inseq_ray.pipeline.blocks import BLOCKS
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.data import ShardBatch, check_blocks
-from inseq_ray.pipeline.shards import Shard, input_identity, plan_shards
+from inseq_ray.pipeline.preflight import estimate_records, preflight
+from inseq_ray.pipeline.progress import ProgressCounter, RecordProgress, poll_counter
+from inseq_ray.pipeline.shards import Shard, input_identity
 from inseq_ray.pipeline.storage import Storage, redact_url
 
 
@@ -34,13 +40,14 @@ class ShardWorker:
     inject their own (e.g. one that kills the process between writing and committing).
     """
 
-    def __init__(self, cfg: dict, blocks: Sequence[Callable] = BLOCKS) -> None:
+    def __init__(self, cfg: dict, blocks: Sequence[Callable] = BLOCKS, on_records: Callable | None = None) -> None:
         config = PipelineConfig.from_dict(cfg)
         self.blocks = [block(config) for block in blocks]
         check_blocks(self.blocks)
+        self.on_records = on_records or (lambda n: None)
 
     def process(self, shard: dict) -> dict:
-        batch = ShardBatch(Shard(**shard))
+        batch = ShardBatch(Shard(**shard), on_records=self.on_records)
         for block in self.blocks:
             batch = block(batch)
         return batch.summary.to_dict()
@@ -58,17 +65,22 @@ def _py(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def run_local(cfg: PipelineConfig, shards: list[Shard], blocks: Sequence[Callable] = BLOCKS) -> Iterator[dict]:
-    worker = ShardWorker(cfg.to_dict(), blocks)
+def run_local(
+    cfg: PipelineConfig, shards: list[Shard], blocks: Sequence[Callable] = BLOCKS, on_records: Callable | None = None
+) -> Iterator[dict]:
+    worker = ShardWorker(cfg.to_dict(), blocks, on_records)
     for shard in shards:
         yield worker.process(shard.to_dict())
 
 
-def run_ray(cfg: PipelineConfig, shards: list[Shard], blocks: Sequence[Callable] = BLOCKS) -> Iterator[dict]:
+def run_ray(
+    cfg: PipelineConfig, shards: list[Shard], blocks: Sequence[Callable] = BLOCKS, on_records: Callable | None = None
+) -> Iterator[dict]:
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
-    init_ray()
+    init_ray(cfg.verbose)
+    counter = ray.remote(num_cpus=0)(ProgressCounter).remote() if on_records else None
     gpus = ray.cluster_resources().get("GPU", 0)
     num_gpus = cfg.num_gpus_per_actor if cfg.num_gpus_per_actor is not None else (1.0 if gpus else 0.0)
     actors = cfg.num_actors or (max(1, int(gpus // max(num_gpus, 1e-9))) if num_gpus else 2)
@@ -78,28 +90,84 @@ def run_ray(cfg: PipelineConfig, shards: list[Shard], blocks: Sequence[Callable]
     ctx.execution_options.preserve_order = False
     ds = ray.data.from_items([s.to_dict() for s in shards], override_num_blocks=len(shards))
     ds = ds.map_batches(
-        ShardWorker,
-        fn_constructor_kwargs={"cfg": cfg.to_dict(), "blocks": tuple(blocks)},
+        bound_worker(cfg.to_dict(), tuple(blocks), counter),  # no constructor arguments for Ray Data to park
         batch_size=1,
         compute=ActorPoolStrategy(min_size=1, max_size=actors),
         num_gpus=num_gpus,
         num_cpus=cfg.num_cpus_per_actor,
     )
-    for row in ds.iter_rows():
-        yield json.loads(row["summary"])
+    stop = threading.Event()
+    if counter is not None:
+        threading.Thread(target=poll_counter, args=(counter, on_records, stop), daemon=True).start()
+    try:
+        for row in ds.iter_rows():
+            yield json.loads(row["summary"])
+    except Exception as e:
+        raise PipelineError(f"{one_line(e)} (full logs: {_ray_log_dir()})") from None
+    finally:
+        stop.set()
 
 
-def init_ray() -> None:
-    """Attach to ``RAY_ADDRESS`` when set, else start a local Ray with enough logical CPUs."""
+def bound_worker(cfg: dict, blocks: tuple, counter=None) -> type:
+    """A ShardWorker class with its config, blocks and progress counter bound (Ray Data builds it without arguments)."""
+
+    class BoundShardWorker(ShardWorker):
+        def __init__(self) -> None:
+            super().__init__(cfg, blocks, None if counter is None else counter.add.remote)
+
+    return BoundShardWorker
+
+
+class PipelineError(RuntimeError):
+    """A failure inside the actors, reduced to its cause's one line (the full log is named)."""
+
+
+def one_line(e: BaseException) -> str:
+    """The innermost cause of a (Ray-wrapped) exception as ``Type: message``, first line only."""
+    while getattr(e, "cause", None) is not None and e.cause is not e:
+        e = e.cause
+    while e.__cause__ is not None:
+        e = e.__cause__
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt): ", line)]
+    return named[-1] if named else f"{type(e).__name__}: {lines[0] if lines else ''}"
+
+
+def _ray_log_dir() -> str:
+    try:
+        import ray
+
+        return os.path.join(ray._private.worker._global_node.get_session_dir_path(), "logs")
+    except Exception:
+        return "/tmp/ray/session_latest/logs"
+
+
+def init_ray(verbose: bool = False) -> None:
+    """Attach to ``RAY_ADDRESS`` when set, else start a local Ray with enough logical CPUs.
+
+    Ray's own INFO/WARNING lines and the actors' output are shown only with ``verbose``.
+    """
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    level = logging.INFO if verbose else logging.ERROR
+    if not verbose:  # Ray's C++ side logs a known-harmless ERROR line per Ray Data actor (ray#53727)
+        from inseq_ray.pipeline.quiet import filter_stderr
+
+        filter_stderr()
+    for name in ("ray", "ray.data", "ray.air"):
+        logging.getLogger(name).setLevel(level)
+    kwargs = {"logging_level": level, "log_to_driver": verbose}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        ray.init(**kwargs)
     else:
-        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, **kwargs)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says how far it got and that a rerun resumes."""
 
 
 class RunConflictError(ValueError):
@@ -113,8 +181,8 @@ def run(cfg: PipelineConfig, progress: bool = True, blocks: Sequence[Callable] =
     ``already_complete=True`` and does nothing.
     """
     cfg.validate()
+    shards, sample = preflight(cfg)  # input, model and output checked before any cluster starts
     storage = Storage(cfg.output)
-    shards = plan_shards(cfg.input, cfg.input_format, cfg.shard_bytes)
     record = {
         "fingerprint": cfg.fingerprint(),
         "config": safe_config(cfg),
@@ -127,15 +195,25 @@ def run(cfg: PipelineConfig, progress: bool = True, blocks: Sequence[Callable] =
     storage.clean_stale_tmp()
     done = {n.removesuffix(".json") for n in storage.list_names("_shards") if n.endswith(".json")}
     pending = [s for s in shards if s.shard_id not in done]
+    if done and progress:
+        print(f"resuming: {len(done)}/{len(shards)} shards already committed", file=sys.stderr)
     start = time.perf_counter()
     runner = run_ray if cfg.use_ray else run_local
+    bar = RecordProgress(estimate_records(pending, sample), progress) if pending else None
     try:
-        new = list(_track(runner(cfg, pending, blocks), sum(s.size for s in pending), progress)) if pending else []
-    except BaseException:
-        if created and not storage.list_names("_shards"):  # nothing committed: leave the prefix reusable
+        new = list(runner(cfg, pending, blocks, bar.add)) if pending else []
+    except BaseException as e:
+        committed = len(storage.list_names("_shards"))
+        if created and not committed:  # nothing committed: leave the prefix reusable
             storage.delete("_run.json")
+        if isinstance(e, KeyboardInterrupt):
+            raise RunInterrupted(
+                f"interrupted after {committed}/{len(shards)} shards; rerun the same command to resume"
+            ) from None
         raise
     elapsed = time.perf_counter() - start
+    if bar is not None:
+        bar.finish(sum(s["records"] for s in new))
     summaries = [storage.read_json("_shards", f"{s.shard_id}.json") for s in shards if s.shard_id in done] + new
     manifest = build_manifest(cfg, shards, summaries, len(new), elapsed)
     storage.write_json(manifest, "manifest.json")
@@ -211,23 +289,6 @@ def safe_config(cfg: PipelineConfig) -> dict:
     d = cfg.to_dict()
     d["input"], d["output"] = redact_url(cfg.input), redact_url(cfg.output)
     return d
-
-
-def _track(summaries: Iterable[dict], total_bytes: int, show: bool) -> Iterator[dict]:
-    """Live progress over input bytes, with records/s and target tokens/s."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="Attributing", disable=not show, smoothing=0.1)
-    records = tokens = 0
-    start = time.perf_counter()
-    for s in summaries:
-        records += s["records"]
-        tokens += s["target_tokens"]
-        rate = records / max(time.perf_counter() - start, 1e-9)
-        bar.set_postfix(records=records, rec_s=f"{rate:.1f}")
-        bar.update(s["input_bytes"])
-        yield s
-    bar.close()
 
 
 def build_manifest(cfg: PipelineConfig, shards: list[Shard], summaries: list[dict], n_new: int, seconds: float) -> dict:

@@ -1,0 +1,110 @@
+"""Everything the driver can check before any cluster starts; each failure is one line with the fix.
+
+Input (exists, readable, has the source column), model (loadable here: a toy id, a local folder, or a
+Hub id in the local cache when offline), output (writable, credentials found). Ray is never started
+for a run that cannot work.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from inseq_ray.errors import Reason
+from inseq_ray.pipeline.config import PipelineConfig
+from inseq_ray.pipeline.shards import Record, Shard, plan_shards, read_shard
+from inseq_ray.pipeline.storage import Storage, StorageError, redact_url
+
+CREDENTIAL_HINT = (
+    "no credentials were found for {url}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE for a "
+    "profile in ~/.aws), or run where an instance profile / workload identity provides them"
+)
+
+
+def preflight(cfg: PipelineConfig) -> tuple[list[Shard], list[Record]]:
+    """Check input, model and output; return the shard plan and the first records read (a sample).
+
+    Raises ValueError (one line) on the first problem.
+    """
+    shards = _plan(cfg)
+    sample = _check_columns(cfg, shards[0])
+    check_model(cfg.model)
+    _check_output(cfg.output)
+    return shards, sample
+
+
+def estimate_records(shards: list[Shard], sample: list[Record]) -> int | None:
+    """Records in ``shards`` from the sample's bytes per record (text/JSONL only; None otherwise)."""
+    lines = [r for r in sample if r.shard == sample[0].shard] if sample else []
+    if len(lines) < 2 or any(s.fmt not in ("text", "jsonl") or s.end < 0 for s in shards):
+        return None
+    per_record = max(1.0, (lines[-1].position - lines[0].position) / (len(lines) - 1))
+    return max(1, round(sum(s.size for s in shards) / per_record))
+
+
+def _plan(cfg: PipelineConfig) -> list[Shard]:
+    try:
+        return plan_shards(cfg.input, cfg.input_format, cfg.shard_bytes)
+    except FileNotFoundError as e:
+        raise ValueError(f"input: {e} Check --input (a file, folder or glob).") from None
+    except ValueError:
+        raise
+    except Exception as e:
+        raise ValueError(_remote_error("read the input", cfg.input, e)) from None
+
+
+def _check_columns(cfg: PipelineConfig, shard: Shard, sample: int = 50) -> list[Record]:
+    """The first records of the first file: if none has the source column, the column name is wrong."""
+    records = []
+    for record in read_shard(shard, cfg.source_column, cfg.target_column):
+        records.append(record)
+        if len(records) >= sample:
+            break
+    if records and all(r.error_reason == Reason.MISSING_COLUMN for r in records):
+        raise ValueError(f"input: {records[0].error_message} in {shard.rel}; pass --source-column with the right name.")
+    return records
+
+
+def check_model(model: str) -> None:
+    """The model can be loaded here: a toy id, a local folder with a config, or a Hub id (cached when offline)."""
+    if model.startswith("toy:"):
+        from inseq_ray.toy import resolve_toy
+
+        resolve_toy(model)
+        return
+    if os.path.isdir(model):
+        if not os.path.exists(os.path.join(model, "config.json")):
+            raise ValueError(f"model: {model} is a folder without config.json; point --model at a saved model.")
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        where = "the local Hugging Face cache (HF_HUB_OFFLINE=1 is set)" if offline else "the Hugging Face Hub"
+        first = str(e).strip().splitlines()[0][:200]
+        raise ValueError(
+            f"model: {model!r} cannot be loaded from {where} ({first}); check the id, or download it first "
+            "(huggingface-cli download) or pass a local folder."
+        ) from None
+
+
+def _check_output(url: str) -> None:
+    storage = Storage(url)
+    probe = f"preflight-{uuid.uuid4().hex[:8]}"
+    try:
+        storage.write_bytes(b"", "_tmp", probe)
+        storage.delete("_tmp", probe)
+    except StorageError:
+        raise
+    except Exception as e:
+        raise ValueError(_remote_error("write the output", url, e)) from None
+
+
+def _remote_error(verb: str, url: str, e: Exception) -> str:
+    safe = redact_url(url)
+    if "credential" in str(e).lower() or type(e).__name__ == "NoCredentialsError":
+        return f"cannot {verb}: " + CREDENTIAL_HINT.format(url=safe) + "."
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    return f"cannot {verb} at {safe}: {type(e).__name__}: {first}"
