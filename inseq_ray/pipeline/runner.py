@@ -122,15 +122,34 @@ class PipelineError(RuntimeError):
     """A failure inside the actors, reduced to its cause's one line (the full log is named)."""
 
 
+RAY_WRAPPERS = (
+    "UserCodeException",
+    "RayTaskError",
+    "RayActorError",
+    "ActorDiedError",
+    "ObjectRefStreamEndOfStreamError",
+)
+
+
 def one_line(e: BaseException) -> str:
-    """The innermost cause of a (Ray-wrapped) exception as ``Type: message``, first line only."""
-    while getattr(e, "cause", None) is not None and e.cause is not e:
-        e = e.cause
-    while e.__cause__ is not None:
-        e = e.__cause__
-    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-    named = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt): ", line)]
-    return named[-1] if named else f"{type(e).__name__}: {lines[0] if lines else ''}"
+    """The original cause of a (Ray-wrapped) exception as ``Type: message``, first line only.
+
+    Ray carries the remote traceback as text; its first ``SomeError: message`` line that is not one of
+    Ray's wrappers is the user's error.
+    """
+    chain: list[BaseException] = []
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = getattr(e, "cause", None) or e.__cause__
+    pattern = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception|Interrupt|Exit)): (.*)$")
+    for exc in chain:
+        for line in str(exc).splitlines():
+            m = pattern.match(line)
+            if m and m.group(1) not in RAY_WRAPPERS:
+                return f"{m.group(1)}: {m.group(2).strip()}"
+    last = chain[-1]
+    lines = [line.strip() for line in str(last).splitlines() if line.strip()]
+    return f"{type(last).__name__}: {lines[0] if lines else ''}"
 
 
 def _ray_log_dir() -> str:
