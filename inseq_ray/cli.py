@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--save", "--save_path", dest="save", default=None, help="save the raw output (JSON; .gz compresses)"
     )
     p.add_argument("--html", "--viz_path", dest="html", default=None, help="write the HTML heatmap here")
-    p.add_argument("--png", default=None, help="write a PNG heatmap of the first sequence here")
+    p.add_argument(
+        "--png", default=None, help="write PNG heatmaps here (one per sequence: x_0.png, x_1.png, ... when several)"
+    )
     p.add_argument("--hide", action="store_true", help="do not print the heatmap")
     p.set_defaults(func=run_attribute)
     add_dataset_parser(sub)
@@ -144,7 +146,8 @@ def run_attribute(args: argparse.Namespace) -> int:
             f.write(out.show(return_html=True))
         print(f"wrote {args.html}")
     if args.png:
-        print(f"wrote {out.plot(args.png)}")
+        for path in out.plot(args.png):
+            print(f"wrote {path}")
     if not args.hide:
         out.show()
     return 0

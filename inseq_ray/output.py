@@ -164,8 +164,9 @@ class FeatureAttributionOutput:
 
         return show(self, **kwargs)
 
-    def plot(self, path: str, index: int = 0, **kwargs: Any) -> str:
-        """Write a PNG heatmap of sequence ``index`` to ``path`` (matplotlib)."""
+    def plot(self, path: str, index: int | None = None, **kwargs: Any) -> list[str]:
+        """Write one PNG heatmap per sequence (``x_0.png``, ``x_1.png`` when several; only ``index`` if given);
+        returns the paths written."""
         from inseq_ray.viz import plot
 
         return plot(self, path, index=index, **kwargs)
