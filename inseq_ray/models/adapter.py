@@ -256,8 +256,11 @@ def substitute_embeddings(
         for i, (want, embeds) in enumerate(swaps):
             if not used[i] and _extends(ids, want):
                 used[i] = True
+                embeds = embeds.to(output.dtype)
+                if output.shape[1] == want.shape[1]:
+                    return embeds
                 # a model that pads the ids itself (LED, to its attention window) keeps its own padding rows
-                return torch.cat([embeds.to(output.dtype), output[:, want.shape[1] :]], dim=1)
+                return torch.cat([embeds, output[:, want.shape[1] :]], dim=1)
         return None
 
     handles = [m.register_forward_hook(hook) for m in {id(m): m for m in modules}.values()]
