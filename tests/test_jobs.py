@@ -131,3 +131,13 @@ def _wait_for_dashboard(port: int, token: str, timeout: float = 120) -> None:
         except OSError:
             time.sleep(1)
     raise TimeoutError(f"Ray dashboard on 127.0.0.1:{port} did not come up")
+
+
+def test_the_job_entrypoint_refuses_a_relative_output(capsys):
+    sys.path.insert(0, str(ROOT / "jobs"))
+    try:
+        import attribute_dataset
+    finally:
+        sys.path.pop(0)
+    assert attribute_dataset.main(["--config", str(ROOT / "jobs/configs/example.yaml"), "--output", "out/x"]) == 2
+    assert "temporary working directory" in capsys.readouterr().err

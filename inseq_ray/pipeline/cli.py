@@ -88,6 +88,13 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     return cfg
 
 
+def dataset_parser() -> argparse.ArgumentParser:
+    """A standalone parser with the ``attribute-dataset`` flags (for entrypoints such as jobs/)."""
+    p = argparse.ArgumentParser(prog="attribute-dataset")
+    add_dataset_args(p)
+    return p
+
+
 def add_dataset_parser(sub) -> None:
     p = sub.add_parser(
         "attribute-dataset",
