@@ -12,7 +12,7 @@ import uuid
 
 from inseq_ray.errors import Reason
 from inseq_ray.pipeline.config import PipelineConfig
-from inseq_ray.pipeline.shards import Record, Shard, plan_shards, read_shard
+from inseq_ray.pipeline.shards import InputFiles, Record, Shard, input_identity, list_inputs, plan_shards, read_shard
 from inseq_ray.pipeline.storage import Storage, StorageError, redact_url
 
 CREDENTIAL_HINT = (
@@ -21,16 +21,16 @@ CREDENTIAL_HINT = (
 )
 
 
-def preflight(cfg: PipelineConfig) -> tuple[list[Shard], list[Record]]:
-    """Check input, model and output; return the shard plan and the first records read (a sample).
-
-    Raises ValueError (one line) on the first problem.
+def preflight(cfg: PipelineConfig) -> tuple[list[Shard], list[Record], dict[str, dict]]:
+    """Check input, model and output; return the shard plan, the first records read (a sample) and the
+    input's identity (per file: size and version). Raises ValueError (one line) on the first problem.
     """
-    shards = _plan(cfg)
+    files = _list(cfg)
+    shards = plan_shards(cfg.input, cfg.input_format, cfg.shard_bytes, files=files)
     sample = _check_columns(cfg, shards[0])
     check_model(cfg.model)
     _check_output(cfg.output)
-    return shards, sample
+    return shards, sample, input_identity(files)
 
 
 def estimate_records(shards: list[Shard], sample: list[Record]) -> int | None:
@@ -42,9 +42,9 @@ def estimate_records(shards: list[Shard], sample: list[Record]) -> int | None:
     return max(1, round(sum(s.size for s in shards) / per_record))
 
 
-def _plan(cfg: PipelineConfig) -> list[Shard]:
+def _list(cfg: PipelineConfig) -> InputFiles:
     try:
-        return plan_shards(cfg.input, cfg.input_format, cfg.shard_bytes)
+        return list_inputs(cfg.input)
     except FileNotFoundError as e:
         raise ValueError(f"input: {e} Check --input (a file, folder or glob).") from None
     except ValueError:

@@ -29,7 +29,7 @@ from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.data import ShardBatch, check_blocks
 from inseq_ray.pipeline.preflight import estimate_records, preflight
 from inseq_ray.pipeline.progress import ProgressCounter, RecordProgress, poll_counter
-from inseq_ray.pipeline.shards import Shard, input_identity
+from inseq_ray.pipeline.shards import Shard
 from inseq_ray.pipeline.storage import Storage, redact_url
 
 
@@ -200,12 +200,12 @@ def run(cfg: PipelineConfig, progress: bool = True, blocks: Sequence[Callable] =
     ``already_complete=True`` and does nothing.
     """
     cfg.validate()
-    shards, sample = preflight(cfg)  # input, model and output checked before any cluster starts
+    shards, sample, identity = preflight(cfg)  # input, model and output checked before any cluster starts
     storage = Storage(cfg.output)
     record = {
         "fingerprint": cfg.fingerprint(),
         "config": safe_config(cfg),
-        "inputs": input_identity(cfg.input),
+        "inputs": identity,
         "shards": [s.shard_id for s in shards],
     }
     created = claim_run(storage, record)

@@ -99,25 +99,42 @@ def glob_base(root: str) -> str:
     return "/".join(parts[:first])
 
 
-def list_inputs(url: str) -> tuple[fsspec.AbstractFileSystem, list[str], str]:
-    """Expand a file, folder or glob into sorted file paths; returns (fs, paths, base for rel paths)."""
+@dataclass(frozen=True)
+class InputFiles:
+    """One listing of the input: the filesystem, ``path -> info`` (size, ETag/mtime) sorted by path, and the
+    base that relative names are taken from. Taken once per run: planning and the input's identity share it."""
+
+    fs: fsspec.AbstractFileSystem
+    infos: dict[str, dict]
+    base: str
+
+
+def list_inputs(url: str) -> InputFiles:
+    """Expand a file, folder or glob into its files with their details (one listing, no request per file)."""
     from inseq_ray.pipeline.storage import redact_url, refuse_credentials
 
     refuse_credentials(url, "The input URL")
     fs, root = fsspec.core.url_to_fs(url)
     if _is_http(fs):  # one file per URL: HTTP has no listing
-        paths, base = [root], root.rsplit("/", 1)[0]
+        infos, base = _info_or_none(fs, root), root.rsplit("/", 1)[0]
     elif any(c in root for c in GLOB_CHARS):
-        paths = sorted(p for p in fs.glob(root) if fs.isfile(p))
+        infos = {p: i for p, i in fs.glob(root, detail=True).items() if i.get("type") == "file"}
         base = glob_base(root)
     elif fs.isdir(root):
-        paths = sorted(p for p in fs.find(root) if is_input_file(p))
+        infos = {p: i for p, i in fs.find(root, detail=True).items() if is_input_file(p)}
         base = root.rstrip("/")
     else:
-        paths, base = [root], root.rsplit("/", 1)[0]
-    if not paths:
+        infos, base = _info_or_none(fs, root), root.rsplit("/", 1)[0]
+    if not infos:
         raise FileNotFoundError(f"No input files found at {redact_url(url)!r}.")
-    return fs, paths, base
+    return InputFiles(fs, dict(sorted(infos.items())), base)
+
+
+def _info_or_none(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, dict]:
+    try:
+        return {path: fs.info(path)}
+    except FileNotFoundError:
+        return {}
 
 
 def _is_http(fs: fsspec.AbstractFileSystem) -> bool:
@@ -125,17 +142,15 @@ def _is_http(fs: fsspec.AbstractFileSystem) -> bool:
     return any(p in ("http", "https") for p in protocols)
 
 
-def input_identity(url: str) -> dict[str, dict]:
+def input_identity(files: InputFiles) -> dict[str, dict]:
     """rel path -> {size, version} of every input file (version: ETag or modification time where known).
 
     Stored in ``_run.json`` so that a resume against changed input is refused, naming the files.
     """
-    fs, paths, base = list_inputs(url)
     out = {}
-    for path in paths:
-        info = fs.info(path)
+    for path, info in files.infos.items():
         version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
-        out[_rel(path, base)] = {"size": int(info.get("size") or 0), "version": str(version).strip('"')}
+        out[_rel(path, files.base)] = {"size": int(info.get("size") or 0), "version": str(version).strip('"')}
     return out
 
 
@@ -143,16 +158,19 @@ def _rel(path: str, base: str) -> str:
     return path[len(base) :].lstrip("/") or path.rsplit("/", 1)[-1]
 
 
-def plan_shards(url: str, fmt: str | None = None, shard_bytes: int = 4 << 20) -> list[Shard]:
-    """Deterministic shards of every input file."""
-    fs, paths, base = list_inputs(url)
+def plan_shards(
+    url: str, fmt: str | None = None, shard_bytes: int = 4 << 20, files: InputFiles | None = None
+) -> list[Shard]:
+    """Deterministic shards of every input file (``files``: a listing already taken of ``url``)."""
+    files = files or list_inputs(url)
+    fs, base = files.fs, files.base
     protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
     shards: list[Shard] = []
-    for i, path in enumerate(paths):
+    for i, (path, info) in enumerate(files.infos.items()):
         full = path if protocol in ("file", "local") else fs.unstrip_protocol(path)
         rel = _rel(path, base)
         kind = detect_format(path, fmt)
-        size = fs.size(path)
+        size = int(info.get("size") or 0)
         if kind in ("text", "jsonl") and compression_of(path) is None and not _is_http(fs):
             n = max(1, -(-size // shard_bytes))
             for j in range(n):
