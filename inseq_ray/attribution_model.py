@@ -17,8 +17,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from inseq_ray.engine import MethodContext, MethodResult
-from inseq_ray.errors import InputError, NonFiniteAttributionError
-from inseq_ray.methods import get_method
+from inseq_ray.errors import InputError, NonFiniteAttributionError, Reason
+from inseq_ray.methods import get_method, method_copies
 from inseq_ray.models import loading
 from inseq_ray.models.adapter import ModelAdapter
 from inseq_ray.models.encoding import (
@@ -94,6 +94,7 @@ class AttributionModel:
         attr_pos_start: int | None = None,
         attr_pos_end: int | None = None,
         batch_size: int | None = None,
+        max_batch_tokens: int | None = None,
         generation_args: dict | None = None,
         include_eos_baseline: bool = False,
         show_progress: bool = True,
@@ -129,11 +130,21 @@ class AttributionModel:
         )
         generation_args = dict(generation_args or {})
         targets, target_ids = self._targets(inputs, generated_texts, batch_size, generation_args)
-        batches = self._batches(inputs, targets, target_ids, batch_size, (attr_pos_start, attr_pos_end))
+        attr_pos = (attr_pos_start, attr_pos_end)
+        lengths = self._token_lengths(inputs, targets, target_ids)
+        per_row = (
+            None
+            if max_batch_tokens is None
+            else max(1, max_batch_tokens // method_copies(settings.method_id, settings.method_kw))
+        )
         outputs: dict[int, FeatureAttributionSequenceOutput] = {}
+        fitted: dict[int, int] = {}  # input index -> size of the batch it was attributed in
         progress = _progress(len(inputs), show_progress)
-        for idx, batch in batches:
-            outputs.update(zip(idx, self._attribute_batch(batch, settings, idx), strict=True))
+        for idx in plan_batches(lengths, batch_size or len(inputs), per_row):
+            done = self._attribute_fitting(idx, inputs, targets, target_ids, attr_pos, settings)
+            for size, group_idx, seqs in done:
+                outputs.update(zip(group_idx, seqs, strict=True))
+                fitted.update(dict.fromkeys(group_idx, size))
             progress.update(len(idx))
             if progress_callback is not None:
                 progress_callback(len(idx))
@@ -158,6 +169,8 @@ class AttributionModel:
             "attr_pos_start": attr_pos_start,
             "attr_pos_end": attr_pos_end,
             "batch_size": batch_size,
+            "max_batch_tokens": max_batch_tokens,
+            "batch_sizes": [fitted[i] for i in range(len(inputs))],  # the batch size each input succeeded in
             "device": str(self.device),
             "dtype": str(self.adapter.dtype).removeprefix("torch."),
             "exec_time": time.perf_counter() - start_time,
@@ -220,14 +233,43 @@ class AttributionModel:
         check_texts(targets, "generated_texts")
         return targets, None
 
-    def _batches(self, inputs, targets, target_ids, batch_size: int | None, attr_pos: tuple):
-        """Yield (input indices, encoded batch), inputs sorted by length so that batches carry little padding."""
-        order = sorted(range(len(inputs)), key=lambda i: len(targets[i]) + len(inputs[i]))
-        size = batch_size or len(inputs)
-        for s in range(0, len(order), size):
-            idx = order[s : s + size]
-            ids = None if target_ids is None else [target_ids[i] for i in idx]
-            yield idx, self._encode([inputs[i] for i in idx], [targets[i] for i in idx], attr_pos, ids)
+    def _token_lengths(self, inputs: list[str], targets: list[str], target_ids: list | None) -> list[int]:
+        """Per input: the tokens its forward carries (encoder-decoder: source + target; decoder-only: the text)."""
+        if target_ids is not None:
+            tgt = [len(t) for t in target_ids]
+        else:
+            key = "input_ids"
+            tgt = [
+                len(t)
+                for t in (self.tokenizer(text_target=targets) if self.is_encoder_decoder else self.tokenizer(targets))[
+                    key
+                ]
+            ]
+        if not self.is_encoder_decoder:
+            return tgt
+        return [len(s) + t for s, t in zip(self.tokenizer(inputs)["input_ids"], tgt, strict=True)]
+
+    def _attribute_fitting(self, idx, inputs, targets, target_ids, attr_pos, settings) -> list[tuple]:
+        """[(batch size, indices, outputs)]: ``idx`` at once, or halves recursively when the device runs out of
+        memory; one input that does not fit alone raises an ``oom`` InputError naming it."""
+        ids = None if target_ids is None else [target_ids[i] for i in idx]
+        try:
+            batch = self._encode([inputs[i] for i in idx], [targets[i] for i in idx], attr_pos, ids)
+            return [(len(idx), idx, self._attribute_batch(batch, settings, idx))]
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(idx) == 1:
+                raise InputError(
+                    f"input_texts[{idx[0]}] does not fit in device memory even alone: shorten it, use a smaller "
+                    "method budget (n_steps, n_samples, internal_batch_size) or a device with more memory.",
+                    Reason.OOM,
+                ) from None
+        half = len(idx) // 2
+        return [
+            *self._attribute_fitting(idx[:half], inputs, targets, target_ids, attr_pos, settings),
+            *self._attribute_fitting(idx[half:], inputs, targets, target_ids, attr_pos, settings),
+        ]
 
     def _encode(self, inputs: list[str], targets: list[str], attr_pos: tuple, ids: list | None) -> EncodedBatch:
         if self.is_encoder_decoder:
@@ -266,6 +308,23 @@ class AttributionModel:
         if settings.aggregate_hidden_fn is not None and result.dims == ("hidden",):
             result = reduce_hidden_on_device(result, settings.aggregate_hidden_fn)
         return build_sequences(batch, result, scores, idx, ctx.plan.valid)
+
+
+def plan_batches(lengths: list[int], batch_size: int, max_row_tokens: int | None = None) -> list[list[int]]:
+    """Indices grouped into batches, shortest first: at most ``batch_size`` rows and, with a budget, at most
+    ``max_row_tokens`` padded tokens (rows x the longest row). A row over the budget goes alone."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda k: lengths[k]):
+        too_many = len(current) >= batch_size
+        too_big = max_row_tokens is not None and (len(current) + 1) * lengths[i] > max_row_tokens
+        if current and (too_many or too_big):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def _split_kwargs(method_id: str, method_fn, fn, kwargs: dict) -> tuple[dict, dict]:

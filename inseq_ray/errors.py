@@ -19,6 +19,7 @@ class Reason(StrEnum):
     TOO_LONG = "too_long"  # over the model's maximum length
     TARGET_MISMATCH = "target_mismatch"  # decoder-only target that does not start with its prompt
     NON_FINITE = "non_finite"  # attributions overflowed (inf/NaN)
+    OOM = "oom"  # does not fit in device memory even alone
     BAD_INPUT = "bad_input"  # any other input the model cannot attribute
     INTERNAL_ERROR = "internal_error"  # a bug or an unexpected failure: the message says what
 

@@ -20,18 +20,36 @@ METHODS: dict[str, AttributionMethod] = {
 }
 
 
+# Input copies per row that a method stacks into one forward (for token-budget batching): R in ctx.run(..., R).
+METHOD_COPIES: dict[str, Callable[[dict], int]] = {
+    "integrated_gradients": lambda kw: int(kw.get("n_steps", 50)),
+    "deeplift": lambda kw: 2,
+    "gradient_shap": lambda kw: int(kw.get("n_samples", 5)),
+}
+
+
+def method_copies(method_id: str, method_kw: dict) -> int:
+    """How many copies of each batch row the method puts through one forward (1 unless registered)."""
+    return max(1, METHOD_COPIES.get(method_id, lambda kw: 1)(method_kw))
+
+
 def get_method(method_id: str) -> AttributionMethod:
     """The method registered under ``method_id`` (error lists the valid ids)."""
     return lookup(METHODS, method_id, "attribution method")
 
 
-def register_attribution_method(fn: AttributionMethod, identifier: str, overwrite: bool = False) -> None:
+def register_attribution_method(
+    fn: AttributionMethod, identifier: str, overwrite: bool = False, copies: Callable[[dict], int] | None = None
+) -> None:
     """Add ``fn(ctx: MethodContext, **kwargs) -> MethodResult`` under ``identifier``.
 
     ``ctx.run(embeds, r, combine)`` gives one forward over R stacked copies and the per-step VJPs;
-    see :mod:`inseq_ray.methods.gradient` for five examples.
+    see :mod:`inseq_ray.methods.gradient` for five examples. ``copies(method_kwargs) -> R`` lets
+    token-budget batching account for the copies (default 1).
     """
     register(METHODS, identifier, fn, "attribution method", overwrite)
+    if copies is not None:
+        METHOD_COPIES[identifier] = copies
 
 
 def list_feature_attribution_methods() -> list[str]:

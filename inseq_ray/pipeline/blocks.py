@@ -20,6 +20,10 @@ from inseq_ray.pipeline.shards import Record, read_shard
 from inseq_ray.pipeline.storage import Storage
 from inseq_ray.serialization import to_bytes
 
+GPU_BATCH_TOKENS = (
+    1 << 20
+)  # padded tokens x method copies per forward: ~1M fits a 7B-class model's activations on 80 GB
+CPU_BATCH_TOKENS = 1 << 15  # on CPU, bigger forwards only add memory traffic (measured: step_blocks notes)
 MAX_INPUT_CHARS = 1000  # error rows keep at most this much of the offending input
 
 
@@ -50,6 +54,8 @@ class Attribute:
         self.cfg = cfg
         self.model = inseq_ray.load_model(cfg.model, cfg.method, device=cfg.device, dtype=cfg.dtype)
         self.on_batch: Callable[[int], None] = lambda n: None  # the current shard's progress callback
+        on_gpu = self.model.device.type == "cuda"
+        self.max_batch_tokens = cfg.max_batch_tokens or (GPU_BATCH_TOKENS if on_gpu else CPU_BATCH_TOKENS)
 
     def __call__(self, batch: ShardBatch) -> ShardBatch:
         errors = [r for r in batch.records if r.error_reason]
@@ -77,14 +83,15 @@ class Attribute:
             step_scores=cfg.step_scores,
             attributed_fn=cfg.attributed_fn,
             batch_size=cfg.batch_size,
+            max_batch_tokens=self.max_batch_tokens,
             generation_args=cfg.generation_args,
             show_progress=False,
             progress_callback=self.on_batch,
             aggregate_hidden_fn=None if cfg.save_granular else cfg.aggregate_fn,
             **cfg.method_args,
         )
-        for r, text in zip(records, out.info["generated_texts"], strict=True):
-            r.generated_text, r.generated = text, targets is None
+        for r, text, size in zip(records, out.info["generated_texts"], out.info["batch_sizes"], strict=True):
+            r.generated_text, r.generated, r.batch_size = text, targets is None, size
         if cfg.save_granular:
             return out.sequence_attributions
         # objects then hold exactly the scores of the tables (hidden dim already reduced on the device)
@@ -216,6 +223,7 @@ class CommitShard:
             "object_uri": r.object_uri,
             "object_bytes": r.object_bytes,
             "attribute_seconds": seconds,
+            "batch_size": r.batch_size,
         }
 
     @staticmethod

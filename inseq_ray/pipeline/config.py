@@ -68,7 +68,12 @@ class PipelineConfig:
     scores_precision: str = setting(
         "float32", "float32|float16|bfloat16|float8 for tensors in the objects", results=True
     )
-    batch_size: int = setting(32, "sentences per forward pass (records are sorted by length within a shard)")
+    batch_size: int = setting(32, "at most this many sentences per forward pass (records sorted by length in a shard)")
+    max_batch_tokens: int | None = setting(
+        None,
+        "at most this many padded tokens x method copies per forward (long records go alone, short ones pack); "
+        "default: 2^20 on GPUs, 2^15 on CPUs",
+    )
     shard_bytes: int = setting(256 << 10, "input bytes per shard: the unit of resume and of commit", results=True)
     num_actors: int | None = setting(None, "attribution actors; default: one per GPU, else 2 on CPU")
     num_gpus_per_actor: float | None = setting(None, "default: 1 when the cluster has GPUs, else 0")

@@ -56,6 +56,7 @@ class Record:
     generated: bool = False  # the target was generated
     object_uri: str | None = None
     object_bytes: int = 0
+    batch_size: int = 0  # the batch size its attribution succeeded in (smaller after an out-of-memory retry)
 
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".xz": "xz"}  # read whole-file (not seekable)

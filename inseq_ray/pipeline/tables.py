@@ -38,6 +38,7 @@ SEQUENCES = pa.schema(
         ("object_uri", pa.string()),
         ("object_bytes", pa.int64()),
         ("attribute_seconds", pa.float32()),
+        ("batch_size", pa.int32()),
     ]
 )
 ATTRIBUTIONS = pa.schema(

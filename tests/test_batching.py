@@ -1,0 +1,79 @@
+"""Token-budget batches and out-of-memory retries: long records go alone, short ones pack, nothing is lost."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import inseq_ray as inseq
+from inseq_ray.attribution_model import plan_batches
+from inseq_ray.errors import Reason
+from inseq_ray.methods import METHODS, method_copies
+from inseq_ray.methods.gradient import saliency
+from inseq_ray.pipeline.config import PipelineConfig
+from inseq_ray.pipeline.runner import run
+from tests.test_pipeline import check_complete, read_table
+
+SHORT = ["a cat", "the dog", "one bird", "a big fish", "the old tree", "a red book"]
+LONG = "every old farmer sees the small red cat near the big green tree under the blue river with a happy child"
+
+
+def test_plan_packs_short_rows_and_sends_long_ones_alone():
+    lengths = [4, 5, 4, 40, 6, 5]
+    batches = plan_batches(lengths, batch_size=3, max_row_tokens=20)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    assert [3] in batches  # the 40-token row alone (over the budget even alone)
+    for b in batches:
+        assert len(b) <= 3 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 20)
+    assert plan_batches(lengths, batch_size=100) == [sorted(range(6), key=lambda i: lengths[i])]
+
+
+def test_method_copies_count_the_stacked_inputs():
+    assert method_copies("saliency", {}) == 1 and method_copies("deeplift", {}) == 2
+    assert method_copies("integrated_gradients", {"n_steps": 8}) == 8 and method_copies("gradient_shap", {}) == 5
+
+
+def test_a_token_budget_bounds_every_batch_and_changes_no_result(bart):
+    kw = {"method": "integrated_gradients", "n_steps": 4, "show_progress": False}
+    whole = bart.attribute([*SHORT, LONG], **kw)
+    budget = bart.attribute([*SHORT, LONG], max_batch_tokens=4 * 40, **kw)  # 40 padded tokens per forward
+    sizes = budget.info["batch_sizes"]
+    assert max(sizes) < len(SHORT) + 1 and sizes[-1] == 1  # the long record alone
+    for a, b in zip(whole, budget):
+        assert torch.allclose(a.source_attributions, b.source_attributions, atol=1e-5)
+
+
+@pytest.fixture
+def oom_if_big():
+    """A registered method that runs out of memory on batches of more than 2 rows or any row over 20 tokens."""
+
+    def method(ctx, abs: bool = True):
+        if ctx.batch.size > 2 or ctx.batch.source_mask.sum(1).max() > 20:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return saliency(ctx, abs)
+
+    inseq.register_attribution_method(method, "oom_if_big")
+    yield "oom_if_big"
+    METHODS.pop("oom_if_big")
+
+
+def test_out_of_memory_halves_the_batch_and_equals_the_plain_result(bart, oom_if_big):
+    out = bart.attribute(SHORT, method=oom_if_big, batch_size=6, show_progress=False)
+    plain = bart.attribute(SHORT, method="saliency", batch_size=6, show_progress=False)
+    assert max(out.info["batch_sizes"]) <= 2
+    for a, b in zip(out, plain):
+        assert torch.allclose(a.source_attributions, b.source_attributions, atol=1e-6)
+    with pytest.raises(inseq.InputError, match="input_texts\\[0\\] does not fit in device memory even alone") as e:
+        bart.attribute([LONG], method=oom_if_big, show_progress=False)
+    assert e.value.code == Reason.OOM
+
+
+def test_in_the_pipeline_an_unfittable_record_is_one_oom_row(tmp_path, oom_if_big, model_dir):
+    path = tmp_path / "c.txt"
+    path.write_text("".join(s + "\n" for s in [*SHORT, LONG]))
+    cfg = PipelineConfig(input=str(path), output=str(tmp_path / "run"), model=model_dir["bart"], method=oom_if_big)
+    cfg.use_ray, cfg.generation_args = False, {"max_new_tokens": 4}
+    run(cfg, progress=False)
+    _, seqs, errs = check_complete(tmp_path / "run", 7)
+    assert errs["reason"].to_list() == [Reason.OOM] and seqs.height == 6
+    assert set(read_table(tmp_path / "run", "sequences")["batch_size"].to_list()) <= {1, 2}
