@@ -95,3 +95,52 @@ def ray_local(s3):
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield {}
     ray.shutdown()
+
+
+@pytest.fixture
+def s3_proxy(s3):
+    """Start benchmarks/s3proxy.py in front of moto: ``start(latency_ms, fail_put, fail_get) -> endpoint``;
+    ``start.counts(endpoint)`` stops that proxy and returns its request and fault counts."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    procs = []
+
+    def start(latency_ms: float = 0.0, fail_put: float = 0.0, fail_get: float = 0.0, seed: int = 0) -> str:
+        port = _free_port()
+        script = Path(__file__).resolve().parents[1] / "benchmarks" / "s3proxy.py"
+        args = [sys.executable, str(script), "--listen", f"127.0.0.1:{port}", "--upstream", s3["endpoint"]]
+        args += ["--latency-ms", str(latency_ms), "--fail-put", str(fail_put), "--fail-get", str(fail_get)]
+        procs.append(subprocess.Popen([*args, "--seed", str(seed)], stdout=subprocess.PIPE, text=True))
+        import socket
+
+        for _ in range(100):
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    return f"http://127.0.0.1:{port}"
+            time.sleep(0.05)
+        raise RuntimeError("s3proxy did not start")
+
+    by_endpoint: dict = {}
+
+    def counts(endpoint: str) -> dict:
+        import json
+
+        proc = by_endpoint[endpoint]
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+        return json.loads(out.strip().splitlines()[-1])
+
+    def started(*args, **kwargs) -> str:
+        endpoint = start(*args, **kwargs)
+        by_endpoint[endpoint] = procs[-1]
+        return endpoint
+
+    started.counts = counts
+    yield started
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+            p.wait(timeout=10)

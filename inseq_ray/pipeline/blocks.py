@@ -135,6 +135,7 @@ class WriteObjects:
             "attributed_fn": self.cfg.attributed_fn,
             "step_scores": self.cfg.step_scores,
         }
+        items = []
         for record, seq in batch.results:
             one = FeatureAttributionOutput(
                 [seq],
@@ -146,9 +147,11 @@ class WriteObjects:
                 },
             )
             data = to_bytes(one, compress=True, precision=self.cfg.scores_precision)
-            sid = record.seq_id
-            record.object_uri = self.storage.write_bytes(data, "sequences", sid[:2], f"{sid}.json.gz")
+            items.append((("sequences", record.seq_id[:2], f"{record.seq_id}.json.gz"), data))
             record.object_bytes = len(data)
+        uris = self.storage.write_many(items)  # concurrently on object stores
+        for (record, _), uri in zip(batch.results, uris, strict=True):
+            record.object_uri = uri
         return batch
 
 

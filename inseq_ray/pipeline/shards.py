@@ -112,10 +112,10 @@ class InputFiles:
 
 def list_inputs(url: str) -> InputFiles:
     """Expand a file, folder or glob into its files with their details (one listing, no request per file)."""
-    from inseq_ray.pipeline.storage import redact_url, refuse_credentials
+    from inseq_ray.pipeline.storage import redact_url, refuse_credentials, storage_options
 
     refuse_credentials(url, "The input URL")
-    fs, root = fsspec.core.url_to_fs(url)
+    fs, root = fsspec.core.url_to_fs(url, **storage_options(url))
     if _is_http(fs):  # one file per URL: HTTP has no listing
         infos, base = _info_or_none(fs, root), root.rsplit("/", 1)[0]
     elif any(c in root for c in GLOB_CHARS):
@@ -136,6 +136,12 @@ def _info_or_none(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, dict]:
         return {path: fs.info(path)}
     except FileNotFoundError:
         return {}
+
+
+def _options(url: str) -> dict:
+    from inseq_ray.pipeline.storage import storage_options
+
+    return storage_options(url)
 
 
 def _is_http(fs: fsspec.AbstractFileSystem) -> bool:
@@ -233,7 +239,7 @@ def _lines(shard: Shard) -> Iterator[tuple[int, bytes]]:
     """
     compression = compression_of(shard.url)
     streamed = compression is not None or shard.end < 0  # whole-file shards: compressed or HTTP input
-    with fsspec.open(shard.url, "rb", compression=compression) as f:
+    with fsspec.open(shard.url, "rb", compression=compression, **_options(shard.url)) as f:
         if streamed:
             pos = 0
             for raw in _iter_lines(f):
@@ -339,7 +345,7 @@ def _read_table(shard: Shard, source_column: str, target_column: str | None) -> 
     import pyarrow.parquet as pq
 
     bad_rows: list = []
-    with fsspec.open(shard.url, "rb", compression=compression_of(shard.url)) as f:
+    with fsspec.open(shard.url, "rb", compression=compression_of(shard.url), **_options(shard.url)) as f:
         if shard.fmt == "csv":
             opts = pcsv.ParseOptions(invalid_row_handler=lambda row: bad_rows.append(row) or "skip")
             read = pcsv.ReadOptions(encoding="utf8")

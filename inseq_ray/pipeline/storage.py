@@ -32,8 +32,21 @@ SECRET_QUERY_KEYS = re.compile(
     r"(?i)^(x-amz-(signature|credential|security-token)|signature|sig|se|sp|sv|token|access_token|"
     r"x-goog-(signature|credential)|googleaccessid|awsaccesskeyid|key|password|secret)$"
 )
+# Transient errors (503 SlowDown, throttling, timeouts) are retried by botocore with exponential backoff
+# (standard mode: up to 8 attempts, at most 20 s apart, so about 1.5 minutes of outage per request) and, for
+# a few error kinds, by s3fs's own loop (S3FileSystem.retries). A longer outage fails the shard with one
+# StorageError line; nothing half-written is committed, and a rerun resumes from the committed shards.
+S3_OPTIONS = {
+    "config_kwargs": {"retries": {"max_attempts": 8, "mode": "standard"}, "connect_timeout": 10, "read_timeout": 60},
+}
+WRITE_CHUNK_BYTES = 64 << 20  # objects written concurrently in chunks of at most this many bytes (bounded memory)
 TMP_DIR = "_tmp"  # temp files live here (never inside folders that readers scan)
 STALE_TMP_SECONDS = 3600  # temp files older than this belong to dead writers and are removed at start
+
+
+def storage_options(url: str) -> dict:
+    """fsspec options for ``url``: the explicit retry policy for S3, nothing for other stores."""
+    return dict(S3_OPTIONS) if url.startswith(("s3://", "s3a://")) else {}
 
 
 class StorageError(ValueError):
@@ -69,7 +82,7 @@ class Storage:
     def __init__(self, prefix: str) -> None:
         refuse_credentials(prefix, "The output URL")
         self.prefix = prefix.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.prefix)
+        self.fs, self.root = fsspec.core.url_to_fs(self.prefix, **storage_options(self.prefix))
         self.is_local = self.fs.protocol in ("file", "local") or "file" in self.fs.protocol
         if self.is_local:  # absolute, so that object URIs load from any directory
             self.root = os.path.abspath(self.root)
@@ -103,6 +116,30 @@ class Storage:
         except OSError as e:
             raise self._error("write", parts, e) from None
         return self.url(*parts)
+
+    def write_many(self, items: list[tuple[tuple[str, ...], bytes]]) -> list[str]:
+        """Write several objects; on object stores concurrently (fsspec's async batch), in chunks of at most
+        :data:`WRITE_CHUNK_BYTES`. Returns their URLs in order."""
+        if self.is_local:
+            return [self.write_bytes(data, *parts) for parts, data in items]
+        chunk: dict[str, bytes] = {}
+        size = 0
+        for parts, data in items:
+            chunk[self.path(*parts)] = data
+            size += len(data)
+            if size >= WRITE_CHUNK_BYTES:
+                self._pipe(chunk)
+                chunk, size = {}, 0
+        if chunk:
+            self._pipe(chunk)
+        return [self.url(*parts) for parts, _ in items]
+
+    def _pipe(self, mapping: dict[str, bytes]) -> None:
+        try:
+            self.fs.pipe(mapping)
+        except OSError as e:
+            first = next(iter(mapping)).removeprefix(self.root).lstrip("/")
+            raise self._error("write", tuple(first.split("/")), e) from None
 
     def create_exclusive(self, data: bytes, *parts: str) -> bool:
         """Create ``parts`` only if it does not exist (local O_EXCL, S3 If-None-Match); False if it existed."""
