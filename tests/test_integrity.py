@@ -287,3 +287,21 @@ def test_http_inputs_are_read(tmp_path):
         server.shutdown()
     _, seqs, _ = check_complete(tmp_path / "run", 5)
     assert seqs["source_file"].unique().to_list() == ["c.jsonl"]
+
+
+def test_a_large_csv_shards_at_record_boundaries_even_with_quoted_newlines(tmp_path):
+    import csv
+
+    rows = [(f'{s}, "quoted"\nsecond line' if i % 7 == 0 else s, f"t{i}") for i, s in enumerate(SENTENCES * 3)]
+    path = tmp_path / "big.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["source", "target"])
+        w.writerows(rows)
+    shards = plan_shards(str(path), shard_bytes=300)
+    assert len(shards) > 5  # one big CSV spreads over shards (and resumes part-way)
+    records = [r for s in shards for r in read_shard(s)]
+    assert [(r.source, r.target) for r in records] == rows and not any(r.error_reason for r in records)
+    assert [r.position for r in records] == list(range(len(rows)))
+    whole = [r.seq_id for r in read_shard(plan_shards(str(path), shard_bytes=1 << 30)[0])]
+    assert [r.seq_id for r in records] == whole  # same ids however the file is cut

@@ -195,9 +195,47 @@ def plan_shards(
                     Shard(f"{i:05d}-{j:05d}", full, rel, kind, j, j + 1, offset, size // max(1, meta.num_row_groups))
                 )
                 offset += rows
+        elif kind == "csv" and compression_of(path) is None and size > shard_bytes:
+            for j, (start, end, rows_before) in enumerate(csv_ranges(fs, path, shard_bytes)):
+                shards.append(Shard(f"{i:05d}-{j:05d}", full, rel, kind, start, end, rows_before, end - start))
         else:
             shards.append(Shard(f"{i:05d}-00000", full, rel, kind, 0, -1, size=size))
     return shards
+
+
+def csv_ranges(fs, path: str, shard_bytes: int, chunk: int = 64 << 20) -> list[tuple[int, int, int]]:
+    """(start, end, data rows before start) byte ranges of a CSV, cut only at record boundaries.
+
+    A newline ends a record when an even number of quote characters precede it (an escaped quote ``""``
+    counts twice, so quoted newlines never split a record). The first range starts after the header; the
+    file is scanned once, vectorised, in ``chunk``-byte pieces.
+    """
+    import numpy as np
+
+    ends: list[np.ndarray] = []  # byte offsets just past each record's newline
+    quotes, pos = 0, 0
+    with fs.open(path, "rb") as f:
+        while block := f.read(chunk):
+            data = np.frombuffer(block, dtype=np.uint8)
+            parity = (np.cumsum(data == ord('"')) + quotes) % 2
+            newline = np.flatnonzero((data == ord("\n")) & (parity == 0))
+            ends.append(newline + pos + 1)
+            quotes += int((data == ord('"')).sum())
+            pos += len(block)
+    bounds = np.concatenate(ends) if ends else np.empty(0, dtype=np.int64)
+    if bounds.size == 0 or bounds[-1] != pos:
+        bounds = np.append(bounds, pos)  # a last record without a final newline
+    header_end = int(bounds[0])
+    out, start, rows = [], header_end, 0
+    records = bounds[1:]  # ends of data records
+    while start < pos:
+        k = int(np.searchsorted(records, start + shard_bytes, side="left"))  # first record ending at/after target
+        end = int(records[min(k, len(records) - 1)])
+        n = int(np.searchsorted(records, end, side="right")) - int(np.searchsorted(records, start, side="right"))
+        out.append((start, end, rows))
+        rows += n
+        start = end
+    return out
 
 
 def seq_id_for(rel: str, position: int, source: str, target: str | None) -> str:
@@ -339,6 +377,28 @@ def escape_unencodable(text: str) -> str:
     return text if _encodable(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _csv_bytes(f, shard: Shard) -> bytes:
+    """The whole file, or the file's header followed by the shard's byte range."""
+    if shard.end < 0:
+        return f.read()
+    header = _first_record(f)
+    f.seek(shard.start)
+    return header + f.read(shard.end - shard.start)
+
+
+def _first_record(f) -> bytes:
+    """The header record (up to its first newline outside quotes)."""
+    f.seek(0)
+    out, quotes = b"", 0
+    while block := f.read(1 << 16):
+        for k, byte in enumerate(block):
+            quotes += byte == ord('"')
+            if byte == ord("\n") and quotes % 2 == 0:
+                return out + block[: k + 1]
+        out += block
+    return out
+
+
 def _read_table(shard: Shard, source_column: str, target_column: str | None) -> Iterator[Record]:
     """CSV files and Parquet row groups; malformed CSV rows and a missing source column become error records."""
     import pyarrow.csv as pcsv
@@ -349,13 +409,14 @@ def _read_table(shard: Shard, source_column: str, target_column: str | None) -> 
         if shard.fmt == "csv":
             opts = pcsv.ParseOptions(invalid_row_handler=lambda row: bad_rows.append(row) or "skip")
             read = pcsv.ReadOptions(encoding="utf8")
-            table = pcsv.read_csv(io.BytesIO(f.read()), read_options=read, parse_options=opts)
+            table = pcsv.read_csv(io.BytesIO(_csv_bytes(f, shard)), read_options=read, parse_options=opts)
         else:
             table = pq.ParquetFile(f).read_row_group(shard.start)
-    for row in bad_rows:  # position: the row's line number in the file
+    for row in bad_rows:  # position: the row's index in the file (its line, for whole-file shards)
         text = row.text or ""
         msg = f"CSV row has {row.actual_columns} fields, the header has {row.expected_columns}"
-        yield _record(shard, int(row.number or 0), text, None, Reason.BAD_INPUT, msg)
+        position = shard.offset + max(0, int(row.number or 2) - 2) if shard.end >= 0 else int(row.number or 0)
+        yield _record(shard, position, text, None, Reason.BAD_INPUT, msg)
     if source_column not in table.column_names:
         msg = f"{shard.rel} has no column {source_column!r} (columns: {', '.join(table.column_names)}): pass --source-column"
         yield _record(shard, shard.offset, ",".join(table.column_names), None, Reason.MISSING_COLUMN, msg)
