@@ -122,3 +122,9 @@ def test_dry_run_estimate_is_within_10_percent_of_the_real_run(tmp_path):
     assert abs(est["estimated_records"] - manifest["records"]) <= 0.1 * manifest["records"]
     assert abs(est["estimated_target_tokens"] - manifest["target_tokens"]) <= 0.1 * manifest["target_tokens"]
     assert est["estimated_gpu_hours"] == pytest.approx(est["estimated_records"] / 1500 / 3600)
+    # requests: one PUT per object, plus tables and marker per shard (counted from what the run wrote)
+    written = sum(1 for p in (tmp_path / "run").rglob("*") if p.is_file() and "_tmp" not in p.parts)
+    assert abs(est["estimated_put_requests"] - written) <= 0.1 * written
+    assert est["estimated_request_usd"] == pytest.approx(
+        est["estimated_put_requests"] * 0.005 / 1000 + est["estimated_get_requests"] * 0.0004 / 1000
+    )
