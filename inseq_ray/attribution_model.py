@@ -104,12 +104,13 @@ class AttributionModel:
         attribution_args: dict | None = None,
         attributed_fn_args: dict | None = None,
         step_scores_args: dict | None = None,
-        progress_callback: Callable[[int], None] | None = None,
+        batch_callback: Callable[[list[int], list[FeatureAttributionSequenceOutput]], None] | None = None,
         **kwargs: Any,
     ) -> FeatureAttributionOutput:
         """Attribute each generated token of each text; see the README for every argument.
 
-        ``progress_callback(n)`` is called after each batch with its number of sequences.
+        ``batch_callback(indices, outputs)`` is called after each batch with the batch's input indices and
+        their outputs (for progress, or to write results while the next batch is attributed).
         """
         start_time = time.perf_counter()
         inputs = [input_texts] if isinstance(input_texts, str) else list(input_texts)
@@ -145,9 +146,9 @@ class AttributionModel:
             for size, group_idx, seqs in done:
                 outputs.update(zip(group_idx, seqs, strict=True))
                 fitted.update(dict.fromkeys(group_idx, size))
+                if batch_callback is not None:
+                    batch_callback(group_idx, seqs)
             progress.update(len(idx))
-            if progress_callback is not None:
-                progress_callback(len(idx))
         progress.close()
         info = {
             "model_name": self.model_name,

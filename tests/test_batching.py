@@ -77,3 +77,36 @@ def test_in_the_pipeline_an_unfittable_record_is_one_oom_row(tmp_path, oom_if_bi
     _, seqs, errs = check_complete(tmp_path / "run", 7)
     assert errs["reason"].to_list() == [Reason.OOM] and seqs.height == 6
     assert set(read_table(tmp_path / "run", "sequences")["batch_size"].to_list()) <= {1, 2}
+
+
+def test_objects_are_written_while_the_next_batch_is_attributed(tmp_path, monkeypatch):
+    """The first batch's write waits until the second batch has been attributed: with writes in line with
+    attribution this could never happen (the write would time out); with the background writer it does."""
+    import threading
+
+    from inseq_ray.pipeline.runner import run_local
+    from inseq_ray.pipeline.shards import plan_shards
+    from inseq_ray.pipeline.storage import Storage
+
+    path = tmp_path / "c.txt"
+    path.write_text("".join(s + "\n" for s in SHORT * 2))  # 12 records, batches of 4 -> 3 batches
+    second_batch_done = threading.Event()
+    handed = []
+    real = Storage.write_many
+    overlapped = []
+
+    def on_records(n: int) -> None:
+        handed.append(n)
+        if len([h for h in handed if h]) >= 2:
+            second_batch_done.set()
+
+    def slow_first_write(self, items):
+        if not overlapped:
+            overlapped.append(second_batch_done.wait(timeout=60))
+        return real(self, items)
+
+    monkeypatch.setattr(Storage, "write_many", slow_first_write)
+    cfg = PipelineConfig(input=str(path), output=str(tmp_path / "run"), batch_size=4, use_ray=False)
+    (summary,) = run_local(cfg, plan_shards(cfg.input), on_records=on_records)
+    assert overlapped == [True] and summary["ok"] == 12
+    assert len(list((tmp_path / "run" / "sequences").rglob("*.json.gz"))) == 12

@@ -8,8 +8,8 @@ the fields it ``needs`` and ``provides`` (checked when the list is built).
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
-from collections.abc import Callable
 
 from inseq_ray.errors import InputError, NonFiniteAttributionError, Reason
 from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenceOutput
@@ -20,6 +20,7 @@ from inseq_ray.pipeline.shards import Record, read_shard
 from inseq_ray.pipeline.storage import Storage
 from inseq_ray.serialization import to_bytes
 
+WRITE_BACKLOG_SLOTS = 8  # attributed batches queued for the writer before attribution waits for storage
 GPU_BATCH_TOKENS = (
     1 << 20
 )  # padded tokens x method copies per forward: ~1M fits a 7B-class model's activations on 80 GB
@@ -53,7 +54,7 @@ class Attribute:
         hf_logging.disable_progress_bar()  # this process is ours (an actor or the CLI): keep logs readable
         self.cfg = cfg
         self.model = inseq_ray.load_model(cfg.model, cfg.method, device=cfg.device, dtype=cfg.dtype)
-        self.on_batch: Callable[[int], None] = lambda n: None  # the current shard's progress callback
+        self.shard_batch: ShardBatch | None = None  # the shard being attributed (progress and sink)
         on_gpu = self.model.device.type == "cuda"
         self.max_batch_tokens = cfg.max_batch_tokens or (GPU_BATCH_TOKENS if on_gpu else CPU_BATCH_TOKENS)
 
@@ -61,7 +62,7 @@ class Attribute:
         errors = [r for r in batch.records if r.error_reason]
         todo = [r for r in batch.records if not r.error_reason]
         batch.on_records(len(errors))
-        self.on_batch = batch.on_records
+        self.shard_batch = batch
         start = time.perf_counter()
         results: list[tuple[Record, FeatureAttributionSequenceOutput]] = []
         for group in ([r for r in todo if r.target is not None], [r for r in todo if r.target is None]):
@@ -76,6 +77,13 @@ class Attribute:
     def _attribute(self, records: list[Record]) -> list[FeatureAttributionSequenceOutput]:
         cfg = self.cfg
         targets = None if records[0].target is None else [r.target for r in records]
+        finished: dict[int, FeatureAttributionSequenceOutput] = {}
+
+        def on_batch(idx: list[int], seqs: list) -> None:  # each batch as soon as it is attributed
+            done = [self._finish(seq) for seq in seqs]
+            finished.update(zip(idx, done, strict=True))
+            self._hand_over([records[i] for i in idx], done)
+
         out = self.model.attribute(
             [r.source for r in records],
             targets,
@@ -86,16 +94,30 @@ class Attribute:
             max_batch_tokens=self.max_batch_tokens,
             generation_args=cfg.generation_args,
             show_progress=False,
-            progress_callback=self.on_batch,
+            batch_callback=on_batch,
             aggregate_hidden_fn=None if cfg.save_granular else cfg.aggregate_fn,
             **cfg.method_args,
         )
-        for r, text, size in zip(records, out.info["generated_texts"], out.info["batch_sizes"], strict=True):
-            r.generated_text, r.generated, r.batch_size = text, targets is None, size
-        if cfg.save_granular:
-            return out.sequence_attributions
-        # objects then hold exactly the scores of the tables (hidden dim already reduced on the device)
-        return [seq.aggregate(normalize=cfg.normalize) for seq in out.sequence_attributions]
+        for r, size in zip(records, out.info["batch_sizes"], strict=True):
+            r.batch_size = size
+        return [finished[i] for i in range(len(records))]
+
+    def _hand_over(self, records: list[Record], seqs: list[FeatureAttributionSequenceOutput]) -> None:
+        """One attributed batch: fill in its records, report progress, pass the results on to be written now."""
+        for r, seq in zip(records, seqs, strict=True):
+            r.generated = r.target is None
+            r.generated_text = r.target if r.target is not None else self._decoded(seq)
+        if self.shard_batch is not None:
+            self.shard_batch.on_records(len(records))
+            self.shard_batch.sink(list(zip(records, seqs, strict=True)))
+
+    def _finish(self, seq: FeatureAttributionSequenceOutput) -> FeatureAttributionSequenceOutput:
+        """Objects hold exactly the scores of the tables (hidden dim already reduced on the device)."""
+        return seq if self.cfg.save_granular else seq.aggregate(normalize=self.cfg.normalize)
+
+    def _decoded(self, seq: FeatureAttributionSequenceOutput) -> str:
+        """The generated text as ``generate`` returns it (decoder-only: prompt included)."""
+        return self.model.tokenizer.decode([t.id for t in seq.target], skip_special_tokens=True)
 
     def _attribute_isolating_errors(self, records: list[Record]) -> tuple[list, list]:
         """All at once; if that fails, bisect: one bad record costs O(log n) retries, and only it errors."""
@@ -121,38 +143,79 @@ def reason_code(e: Exception) -> Reason:
 
 
 class WriteObjects:
-    """Write one ``sequences/<xx>/<seq_id>.json.gz`` per result (deterministic key: retries overwrite)."""
+    """One ``sequences/<xx>/<seq_id>.json.gz`` per result (deterministic key: retries overwrite).
+
+    Objects are written in the background while the next batch is attributed: ``begin`` installs
+    ``batch.sink``, which queues each attributed batch for a writer thread that serialises it and writes it
+    (concurrent PUTs on object stores); at most :data:`WRITE_BACKLOG_SLOTS` batches wait, so attribution
+    only waits when storage falls that far behind. ``__call__`` writes what was not handed over, waits for
+    every write of the shard (so the commit comes after them), and removes objects of records that ended
+    up as errors.
+    """
 
     needs, provides = ("results",), ("results",)  # fills each record's object_uri / object_bytes
 
     def __init__(self, cfg: PipelineConfig) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         self.cfg, self.storage = cfg, Storage(cfg.output)
+        self.info = {
+            "model_name": cfg.model,
+            "attribution_method": cfg.method,
+            "attributed_fn": cfg.attributed_fn,
+            "step_scores": cfg.step_scores,
+        }
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="object-writer")
+        self.backlog = threading.BoundedSemaphore(WRITE_BACKLOG_SLOTS)
+        self.pending: list = []  # futures of this shard's writes
+        self.queued: set[str] = set()  # seq_ids handed to the writer
+        self.written: dict[str, tuple[str, int]] = {}  # seq_id -> (uri, bytes)
+
+    def begin(self, batch: ShardBatch) -> None:
+        self.pending, self.queued, self.written = [], set(), {}
+        batch.sink = self._submit
+
+    def _submit(self, pairs: list[tuple[Record, FeatureAttributionSequenceOutput]]) -> None:
+        self.queued.update(r.seq_id for r, _ in pairs)
+        self.backlog.acquire()  # waits only when WRITE_BACKLOG_SLOTS batches are still being written
+        future = self.pool.submit(self._write, pairs)
+        future.add_done_callback(lambda _: self.backlog.release())
+        self.pending.append(future)
+
+    def _write(self, pairs: list[tuple[Record, FeatureAttributionSequenceOutput]]) -> None:
+        """Serialise and write one batch of objects (on the writer thread, off the attribution path)."""
+        items = [(self._key(r), self._bytes(r, seq)) for r, seq in pairs]
+        for (parts, data), uri in zip(items, self.storage.write_many(items), strict=True):
+            self.written[parts[-1].removesuffix(".json.gz")] = (uri, len(data))
 
     def __call__(self, batch: ShardBatch) -> ShardBatch:
-        info = {
-            "model_name": self.cfg.model,
-            "attribution_method": self.cfg.method,
-            "attributed_fn": self.cfg.attributed_fn,
-            "step_scores": self.cfg.step_scores,
-        }
-        items = []
-        for record, seq in batch.results:
-            one = FeatureAttributionOutput(
-                [seq],
-                {
-                    **info,
-                    "seq_id": record.seq_id,
-                    "input_texts": [record.source],
-                    "generated_texts": [record.generated_text],
-                },
-            )
-            data = to_bytes(one, compress=True, precision=self.cfg.scores_precision)
-            items.append((("sequences", record.seq_id[:2], f"{record.seq_id}.json.gz"), data))
-            record.object_bytes = len(data)
-        uris = self.storage.write_many(items)  # concurrently on object stores
-        for (record, _), uri in zip(batch.results, uris, strict=True):
-            record.object_uri = uri
+        try:
+            missing = [(r, seq) for r, seq in batch.results if r.seq_id not in self.queued]
+            if missing:
+                self._submit(missing)
+            for future in self.pending:
+                future.result()  # re-raises a write's StorageError here, before anything commits
+            ok = {r.seq_id for r, _ in batch.results}
+            for seq_id in set(self.written) - ok:  # written, then failed on a retry: no stray objects
+                self.storage.delete("sequences", seq_id[:2], f"{seq_id}.json.gz")
+            for record, _ in batch.results:
+                record.object_uri, record.object_bytes = self.written[record.seq_id]
+        finally:
+            self.pending, self.queued, self.written = [], set(), {}  # this shard's state ends here
         return batch
+
+    @staticmethod
+    def _key(record: Record) -> tuple[str, str, str]:
+        return ("sequences", record.seq_id[:2], f"{record.seq_id}.json.gz")
+
+    def _bytes(self, record: Record, seq: FeatureAttributionSequenceOutput) -> bytes:
+        info = {
+            **self.info,
+            "seq_id": record.seq_id,
+            "input_texts": [record.source],
+            "generated_texts": [record.generated_text],
+        }
+        return to_bytes(FeatureAttributionOutput([seq], info), compress=True, precision=self.cfg.scores_precision)
 
 
 class CommitShard:

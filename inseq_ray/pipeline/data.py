@@ -45,10 +45,18 @@ class ShardBatch:
     attribute_seconds: float = 0.0
     summary: ShardSummary | None = None
     on_records: Callable[[int], None] = field(default=lambda n: None, repr=False, compare=False)  # progress
+    # results handed over as soon as a batch is attributed (WriteObjects writes them in the background)
+    sink: Callable[[list[tuple[Record, FeatureAttributionSequenceOutput]]], None] = field(
+        default=lambda pairs: None, repr=False, compare=False
+    )
 
 
 class Block(Protocol):
-    """``Block(config)`` sets up once; ``block(batch)`` transforms one shard's batch."""
+    """``Block(config)`` sets up once; ``block(batch)`` transforms one shard's batch.
+
+    A block may also define ``begin(batch)``, called for every block before the shard flows (e.g. to
+    install ``batch.sink``).
+    """
 
     needs: ClassVar[tuple[str, ...]]
     provides: ClassVar[tuple[str, ...]]
@@ -58,7 +66,7 @@ class Block(Protocol):
 
 def check_blocks(blocks: list, start: tuple[str, ...] = ("shard",)) -> None:
     """Every block's ``needs`` are provided by the start or an earlier block, and a summary comes out."""
-    valid = {f.name for f in dataclasses.fields(ShardBatch)} - {"on_records"}
+    valid = {f.name for f in dataclasses.fields(ShardBatch)} - {"on_records", "sink"}
     have = set(start)
     for block in blocks:
         name = type(block).__name__

@@ -49,6 +49,9 @@ class ShardWorker:
     def process(self, shard: dict) -> dict:
         batch = ShardBatch(Shard(**shard), on_records=self.on_records)
         for block in self.blocks:
+            if hasattr(block, "begin"):
+                block.begin(batch)
+        for block in self.blocks:
             batch = block(batch)
         return batch.summary.to_dict()
 
