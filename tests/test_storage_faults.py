@@ -67,3 +67,24 @@ def test_reads_through_failing_gets_are_exact(s3, s3_proxy):
     assert done.stdout.splitlines() == lines
     faults = s3_proxy.counts(proxy)
     assert faults["failed_get"] >= 1, faults
+
+
+def test_a_storage_outage_fails_cleanly_and_a_rerun_resumes(s3, s3_proxy, tmp_path):
+    client = boto3.client("s3", endpoint_url=s3["endpoint"], region_name="us-east-1")
+    lines = [s for s, _, _ in translation_corpus(40, seed=32)]
+    client.put_object(Bucket=s3["bucket"], Key="outage/in/c.txt", Body="".join(s + "\n" for s in lines).encode())
+    out = f"s3://{s3['bucket']}/outage/run"
+    cmd = [sys.executable, "-m", "inseq_ray.cli", "attribute-dataset", "--local", "--quiet", "--no-report"]
+    cmd += ["--input", f"s3://{s3['bucket']}/outage/in/c.txt", "--output", out, "--shard-bytes", "1024"]
+    down = s3_proxy(fail_put=0.6, seed=4)  # most writes fail; 2 tries each: the outage outlasts the retries
+    failed = subprocess.run(
+        [*cmd, "--storage-attempts", "2"], env={**os.environ, "AWS_ENDPOINT_URL": down},
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert failed.returncode == 2, failed.stderr[-2000:]
+    message = failed.stderr.strip()
+    assert len(message.splitlines()) == 1 and "cannot write" in message and "Traceback" not in message
+    healed = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)  # moto direct
+    assert healed.returncode == 0, healed.stderr[-2000:]
+    seqs = pl.read_parquet(f"{out}/tables/sequences/*.parquet")
+    assert seqs.height == 40 and seqs["seq_id"].n_unique() == 40

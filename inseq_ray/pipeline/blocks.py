@@ -158,7 +158,7 @@ class WriteObjects:
     def __init__(self, cfg: PipelineConfig) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        self.cfg, self.storage = cfg, Storage(cfg.output)
+        self.cfg, self.storage = cfg, Storage(cfg.output, cfg.storage_attempts)
         self.info = {
             "model_name": cfg.model,
             "attribution_method": cfg.method,
@@ -224,7 +224,7 @@ class CommitShard:
     needs, provides = ("records", "results", "errors", "attribute_seconds"), ("summary",)
 
     def __init__(self, cfg: PipelineConfig) -> None:
-        self.cfg, self.storage = cfg, Storage(cfg.output)
+        self.cfg, self.storage = cfg, Storage(cfg.output, cfg.storage_attempts)
 
     def __call__(self, batch: ShardBatch) -> ShardBatch:
         cfg, shard_id = self.cfg, batch.shard.shard_id

@@ -83,6 +83,9 @@ class PipelineConfig:
         None, "fp32|bf16|fp16 (bf16/fp16 on GPUs); default: the checkpoint's dtype", results=True
     )
     use_ray: bool = setting(True, "False: run the same blocks in a plain local loop (CLI: --local)")
+    storage_attempts: int = setting(
+        8, "tries per object-store request (exponential backoff, <= 20 s apart) before the shard fails; rerun resumes"
+    )
     verbose: bool = setting(False, "show Ray's own log lines and the actors' output (hidden by default)")
     expected_records_per_gpu_s: float = setting(1500.0, "dry-run GPU-hour estimate (engine bench, ~20-token targets)")
 

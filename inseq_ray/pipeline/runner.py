@@ -204,7 +204,7 @@ def run(cfg: PipelineConfig, progress: bool = True, blocks: Sequence[Callable] =
     """
     cfg.validate()
     shards, sample, identity = preflight(cfg)  # input, model and output checked before any cluster starts
-    storage = Storage(cfg.output)
+    storage = Storage(cfg.output, cfg.storage_attempts)
     record = {
         "fingerprint": cfg.fingerprint(),
         "config": safe_config(cfg),

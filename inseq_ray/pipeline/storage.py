@@ -6,6 +6,7 @@ workload identity. Keys are built only from safe characters and cannot escape th
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -33,20 +34,21 @@ SECRET_QUERY_KEYS = re.compile(
     r"x-goog-(signature|credential)|googleaccessid|awsaccesskeyid|key|password|secret)$"
 )
 # Transient errors (503 SlowDown, throttling, timeouts) are retried by botocore with exponential backoff
-# (standard mode: up to 8 attempts, at most 20 s apart, so about 1.5 minutes of outage per request) and, for
-# a few error kinds, by s3fs's own loop (S3FileSystem.retries). A longer outage fails the shard with one
-# StorageError line; nothing half-written is committed, and a rerun resumes from the committed shards.
-S3_OPTIONS = {
-    "config_kwargs": {"retries": {"max_attempts": 8, "mode": "standard"}, "connect_timeout": 10, "read_timeout": 60},
-}
+# (standard mode: ``attempts`` tries, at most 20 s apart: with the default 8, about 1.5 minutes of outage per
+# request); s3fs's own retry loop is set to one pass so the bound holds. A longer outage fails the shard with
+# one StorageError line; nothing half-written is committed, and a rerun resumes from the committed shards.
+STORAGE_ATTEMPTS = 8
+TIMEOUTS = {"connect_timeout": 10, "read_timeout": 60}
 WRITE_CHUNK_BYTES = 64 << 20  # objects written concurrently in chunks of at most this many bytes (bounded memory)
 TMP_DIR = "_tmp"  # temp files live here (never inside folders that readers scan)
 STALE_TMP_SECONDS = 3600  # temp files older than this belong to dead writers and are removed at start
 
 
-def storage_options(url: str) -> dict:
+def storage_options(url: str, attempts: int = STORAGE_ATTEMPTS) -> dict:
     """fsspec options for ``url``: the explicit retry policy for S3, nothing for other stores."""
-    return dict(S3_OPTIONS) if url.startswith(("s3://", "s3a://")) else {}
+    if not url.startswith(("s3://", "s3a://")):
+        return {}
+    return {"config_kwargs": {"retries": {"max_attempts": attempts, "mode": "standard"}, **TIMEOUTS}}
 
 
 class StorageError(ValueError):
@@ -79,14 +81,17 @@ def refuse_credentials(url: str, what: str) -> None:
 class Storage:
     """All reads and writes under one run prefix."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, attempts: int = STORAGE_ATTEMPTS) -> None:
         refuse_credentials(prefix, "The output URL")
         self.prefix = prefix.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.prefix, **storage_options(self.prefix))
+        self.fs, self.root = fsspec.core.url_to_fs(self.prefix, **storage_options(self.prefix, attempts))
+        if hasattr(self.fs, "retries"):  # s3fs: one pass around botocore's retries, so ``attempts`` bounds them
+            self.fs.retries = 1
         self.is_local = self.fs.protocol in ("file", "local") or "file" in self.fs.protocol
         if self.is_local:  # absolute, so that object URIs load from any directory
             self.root = os.path.abspath(self.root)
             self.prefix = self.root
+        self._made: set[str] = set()  # local folders known to exist
 
     def url(self, *parts: str) -> str:
         """Full URL of ``prefix/part/part``; every part must be a safe component."""
@@ -100,22 +105,28 @@ class Storage:
         target = self.path(*parts)
         try:
             if self.is_local:
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                tmp_dir = self.path(TMP_DIR)
-                os.makedirs(tmp_dir, exist_ok=True)
-                tmp = os.path.join(tmp_dir, f"{uuid.uuid4().hex}.tmp")
+                self._makedirs(os.path.dirname(target))
+                tmp = os.path.join(self._makedirs(self.path(TMP_DIR)), f"{uuid.uuid4().hex}.tmp")
                 try:
                     with open(tmp, "wb") as f:
                         f.write(data)
                     os.replace(tmp, target)
-                finally:
-                    if os.path.exists(tmp):
+                except BaseException:
+                    with contextlib.suppress(FileNotFoundError):
                         os.remove(tmp)
+                    raise
             else:
                 self.fs.pipe_file(target, data)
         except OSError as e:
             raise self._error("write", parts, e) from None
         return self.url(*parts)
+
+    def _makedirs(self, folder: str) -> str:
+        """``os.makedirs`` once per folder and Storage (thousands of objects share a few folders)."""
+        if folder not in self._made:
+            os.makedirs(folder, exist_ok=True)
+            self._made.add(folder)
+        return folder
 
     def write_many(self, items: list[tuple[tuple[str, ...], bytes]]) -> list[str]:
         """Write several objects; on object stores concurrently (fsspec's async batch), in chunks of at most

@@ -112,7 +112,10 @@ def step_scores_table(seqs: list[tuple[str, FeatureAttributionSequenceOutput]], 
 
 def rows_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     """Rows -> table; text UTF-8 cannot encode (lone surrogates) is backslash-escaped, so no value can stop a shard."""
-    return pa.Table.from_pylist([{k: _encodable(v) for k, v in row.items()} for row in rows], schema=schema)
+    try:
+        return pa.Table.from_pylist(rows, schema=schema)
+    except (UnicodeEncodeError, pa.ArrowInvalid):  # rare: escape, then build (the fast path skips this scan)
+        return pa.Table.from_pylist([{k: _encodable(v) for k, v in row.items()} for row in rows], schema=schema)
 
 
 def _encodable(value):
