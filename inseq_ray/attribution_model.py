@@ -239,13 +239,8 @@ class AttributionModel:
         if target_ids is not None:
             tgt = [len(t) for t in target_ids]
         else:
-            key = "input_ids"
-            tgt = [
-                len(t)
-                for t in (self.tokenizer(text_target=targets) if self.is_encoder_decoder else self.tokenizer(targets))[
-                    key
-                ]
-            ]
+            encoded = self.tokenizer(text_target=targets) if self.is_encoder_decoder else self.tokenizer(targets)
+            tgt = [len(t) for t in encoded["input_ids"]]
         if not self.is_encoder_decoder:
             return tgt
         return [len(s) + t for s, t in zip(self.tokenizer(inputs)["input_ids"], tgt, strict=True)]

@@ -225,6 +225,8 @@ def run(cfg: PipelineConfig, progress: bool = True, blocks: Sequence[Callable] =
     try:
         new = list(runner(cfg, pending, blocks, bar.add)) if pending else []
     except BaseException as e:
+        if bar is not None:
+            bar.bar.close()
         committed = len(storage.list_names("_shards"))
         if created and not committed:  # nothing committed: leave the prefix reusable
             storage.delete("_run.json")

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import fsspec
 
 from inseq_ray.errors import Reason
+from inseq_ray.pipeline.storage import redact_url, refuse_credentials, storage_options
 
 FORMATS = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
@@ -112,8 +113,6 @@ class InputFiles:
 
 def list_inputs(url: str) -> InputFiles:
     """Expand a file, folder or glob into its files with their details (one listing, no request per file)."""
-    from inseq_ray.pipeline.storage import redact_url, refuse_credentials, storage_options
-
     refuse_credentials(url, "The input URL")
     fs, root = fsspec.core.url_to_fs(url, **storage_options(url))
     if _is_http(fs):  # one file per URL: HTTP has no listing
@@ -136,12 +135,6 @@ def _info_or_none(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, dict]:
         return {path: fs.info(path)}
     except FileNotFoundError:
         return {}
-
-
-def _options(url: str) -> dict:
-    from inseq_ray.pipeline.storage import storage_options
-
-    return storage_options(url)
 
 
 def _is_http(fs: fsspec.AbstractFileSystem) -> bool:
@@ -277,7 +270,7 @@ def _lines(shard: Shard) -> Iterator[tuple[int, bytes]]:
     """
     compression = compression_of(shard.url)
     streamed = compression is not None or shard.end < 0  # whole-file shards: compressed or HTTP input
-    with fsspec.open(shard.url, "rb", compression=compression, **_options(shard.url)) as f:
+    with fsspec.open(shard.url, "rb", compression=compression, **storage_options(shard.url)) as f:
         if streamed:
             pos = 0
             for raw in _iter_lines(f):
@@ -405,7 +398,7 @@ def _read_table(shard: Shard, source_column: str, target_column: str | None) -> 
     import pyarrow.parquet as pq
 
     bad_rows: list = []
-    with fsspec.open(shard.url, "rb", compression=compression_of(shard.url), **_options(shard.url)) as f:
+    with fsspec.open(shard.url, "rb", compression=compression_of(shard.url), **storage_options(shard.url)) as f:
         if shard.fmt == "csv":
             opts = pcsv.ParseOptions(invalid_row_handler=lambda row: bad_rows.append(row) or "skip")
             read = pcsv.ReadOptions(encoding="utf8")
