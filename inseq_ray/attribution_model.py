@@ -30,7 +30,7 @@ from inseq_ray.models.encoding import (
 )
 from inseq_ray.models.generation import generate_targets
 from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenceOutput
-from inseq_ray.sequences import build_sequences, reduce_hidden_on_device
+from inseq_ray.sequences import build_sequences, normalize_on_device, reduce_hidden_on_device
 from inseq_ray.step_scores import get_step_function, step_function_name
 
 __all__ = ["AttributeSettings", "AttributionModel", "NonFiniteAttributionError", "load_model"]
@@ -53,6 +53,7 @@ class AttributeSettings:
     include_eos_baseline: bool
     vjp: str
     aggregate_hidden_fn: str | None
+    normalize: bool  # with aggregate_hidden_fn: per-step normalisation on the device too
     step_blocks: int
 
 
@@ -100,6 +101,7 @@ class AttributionModel:
         show_progress: bool = True,
         vjp: str = "loop",
         aggregate_hidden_fn: str | None = None,
+        normalize: bool = False,
         step_blocks: int | None = None,
         attribution_args: dict | None = None,
         attributed_fn_args: dict | None = None,
@@ -123,6 +125,7 @@ class AttributionModel:
             include_eos_baseline=include_eos_baseline,
             vjp=vjp,
             aggregate_hidden_fn=aggregate_hidden_fn,
+            normalize=normalize,
             step_blocks=step_blocks,
             attribution_args=attribution_args,
             attributed_fn_args=attributed_fn_args,
@@ -188,6 +191,7 @@ class AttributionModel:
         include_eos_baseline: bool,
         vjp: str,
         aggregate_hidden_fn: str | None,
+        normalize: bool,
         step_blocks: int | None,
         attribution_args: dict | None,
         attributed_fn_args: dict | None,
@@ -205,6 +209,11 @@ class AttributionModel:
             step_blocks = 1 if self.device.type == "cuda" else CPU_STEP_BLOCKS
         if not isinstance(step_blocks, int) or step_blocks < 1:
             raise ValueError(f"step_blocks must be a positive int, got {step_blocks!r}.")
+        if normalize and aggregate_hidden_fn is None:
+            raise ValueError(
+                "normalize=True normalises the on-device reduction; pass aggregate_hidden_fn too (e.g. 'vnorm'), "
+                "or leave normalize off and call out.aggregate(), which normalises by default."
+            )
         return AttributeSettings(
             method_id=method_id,
             method_fn=method_fn,
@@ -217,6 +226,7 @@ class AttributionModel:
             include_eos_baseline=include_eos_baseline,
             vjp=vjp,
             aggregate_hidden_fn=aggregate_hidden_fn,
+            normalize=normalize,
             step_blocks=step_blocks,
         )
 
@@ -303,6 +313,8 @@ class AttributionModel:
         scores.update(result.step_scores)
         if settings.aggregate_hidden_fn is not None and result.dims == ("hidden",):
             result = reduce_hidden_on_device(result, settings.aggregate_hidden_fn)
+            if settings.normalize:
+                result = normalize_on_device(result, batch)
         return build_sequences(batch, result, scores, idx, ctx.plan.valid)
 
 

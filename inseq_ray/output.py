@@ -40,8 +40,8 @@ class FeatureAttributionSequenceOutput:
 
     def __post_init__(self) -> None:
         self.attribution_dims = tuple(self.attribution_dims)
-        self.source = [TokenWithId(*t) for t in self.source]
-        self.target = [TokenWithId(*t) for t in self.target]
+        self.source = [t if type(t) is TokenWithId else TokenWithId(*t) for t in self.source]
+        self.target = [t if type(t) is TokenWithId else TokenWithId(*t) for t in self.target]
         n = self.attr_pos_end - self.attr_pos_start
         if not 0 <= self.attr_pos_start < self.attr_pos_end <= len(self.target):
             raise ValueError(

@@ -20,6 +20,31 @@ def reduce_hidden_on_device(result: MethodResult, fn_id: str) -> MethodResult:
     return MethodResult(reduced, result.step_scores, dims=())
 
 
+def normalize_on_device(result: MethodResult, batch: EncodedBatch) -> MethodResult:
+    """(T, B, L) reduced scores -> each (step, row) divided by its total |score| over real, visible tokens.
+
+    The batched form of :func:`inseq_ray.aggregation.normalize_steps` on each split sequence: source tokens
+    count where ``source_mask`` is set, target tokens where ``l < attr_start + t`` (already generated) and
+    ``l < target length``; a zero total divides by 1. Padding and future cells are left as they are (the
+    split drops or NaN-masks them).
+    """
+    total = None
+    for part, scores in result.attributions.items():  # (T, B, L)
+        steps, _, length = scores.shape
+        positions = torch.arange(length, device=scores.device)
+        if part == "source":
+            mask = batch.source_mask.bool()[None, :, :]  # (1, B, S)
+        else:
+            seen = batch.attr_start[None, :, None] + torch.arange(steps, device=scores.device)[:, None, None]
+            mask = (positions[None, None, :] < seen) & batch.target_mask.bool()[None, :, :]  # (T, B, L)
+        part_total = torch.where(mask, scores.abs(), 0).sum(-1)  # (T, B)
+        total = part_total if total is None else total + part_total
+    if total is None:
+        return result
+    total = torch.where(total == 0, torch.ones_like(total), total)[..., None]  # (T, B, 1)
+    return MethodResult({k: v / total for k, v in result.attributions.items()}, result.step_scores, dims=result.dims)
+
+
 def build_sequences(
     batch: EncodedBatch, result: MethodResult, scores: dict[str, torch.Tensor], idx: list[int], valid: torch.Tensor
 ) -> list[FeatureAttributionSequenceOutput]:

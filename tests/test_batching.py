@@ -43,6 +43,33 @@ def test_a_token_budget_bounds_every_batch_and_changes_no_result(bart):
         assert torch.allclose(a.source_attributions, b.source_attributions, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["bart", "gpt2"])
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients"])
+def test_normalising_on_the_device_equals_aggregate_per_sequence(request, name, method):
+    """The batched normalisation (padding, prompt and future cells excluded) == ``aggregate()`` per sequence."""
+    model = request.getfixturevalue(name)
+    texts = [*SHORT, LONG]
+    kw = {"method": method, "attribute_target": True, "show_progress": False, "generation_args": {"max_new_tokens": 6}}
+    if method == "integrated_gradients":
+        kw["n_steps"] = 4
+    plain = model.attribute(texts, **kw).aggregate()  # per sequence: vnorm, then each step sums to 1
+    device = model.attribute(texts, aggregate_hidden_fn="vnorm", normalize=True, **kw)
+    for a, b in zip(plain, device, strict=True):
+        assert b.attribution_dims == ()
+        for part in ("source_attributions", "target_attributions"):
+            x, y = getattr(a, part), getattr(b, part)
+            assert (x is None) == (y is None)
+            if x is not None:
+                assert torch.allclose(x, y, atol=1e-6, equal_nan=True)
+        total = sum(p.abs().nansum(0) for p in (b.source_attributions, b.target_attributions) if p is not None)
+        assert torch.allclose(total, torch.ones_like(total), atol=1e-5)  # not vacuous: each step sums to 1
+
+
+def test_normalize_without_an_on_device_reduction_is_refused(bart):
+    with pytest.raises(ValueError, match="aggregate_hidden_fn"):
+        bart.attribute(SHORT[:1], normalize=True, show_progress=False)
+
+
 @pytest.fixture
 def oom_if_big():
     """A registered method that runs out of memory on batches of more than 2 rows or any row over 20 tokens."""

@@ -96,6 +96,7 @@ class Attribute:
             show_progress=False,
             batch_callback=on_batch,
             aggregate_hidden_fn=None if cfg.save_granular else cfg.aggregate_fn,
+            normalize=cfg.normalize and not cfg.save_granular,  # batched on the device, not per sequence
             **cfg.method_args,
         )
         for r, size in zip(records, out.info["batch_sizes"], strict=True):
@@ -104,20 +105,25 @@ class Attribute:
 
     def _hand_over(self, records: list[Record], seqs: list[FeatureAttributionSequenceOutput]) -> None:
         """One attributed batch: fill in its records, report progress, pass the results on to be written now."""
-        for r, seq in zip(records, seqs, strict=True):
+        decoded = iter(
+            self.model.tokenizer.batch_decode(
+                [[t.id for t in seq.target] for r, seq in zip(records, seqs, strict=True) if r.target is None],
+                skip_special_tokens=True,
+            )
+        )  # the generated texts as ``generate`` returns them (decoder-only: prompt included)
+        for r in records:
             r.generated = r.target is None
-            r.generated_text = r.target if r.target is not None else self._decoded(seq)
+            r.generated_text = next(decoded) if r.generated else r.target
         if self.shard_batch is not None:
             self.shard_batch.on_records(len(records))
             self.shard_batch.sink(list(zip(records, seqs, strict=True)))
 
     def _finish(self, seq: FeatureAttributionSequenceOutput) -> FeatureAttributionSequenceOutput:
-        """Objects hold exactly the scores of the tables (hidden dim already reduced on the device)."""
-        return seq if self.cfg.save_granular else seq.aggregate(normalize=self.cfg.normalize)
-
-    def _decoded(self, seq: FeatureAttributionSequenceOutput) -> str:
-        """The generated text as ``generate`` returns it (decoder-only: prompt included)."""
-        return self.model.tokenizer.decode([t.id for t in seq.target], skip_special_tokens=True)
+        """Objects hold exactly the scores of the tables: gradient outputs arrive reduced and normalised on the
+        device; attention outputs (layers, heads) are reduced here."""
+        if self.cfg.save_granular or not seq.attribution_dims:
+            return seq
+        return seq.aggregate(normalize=self.cfg.normalize)
 
     def _attribute_isolating_errors(self, records: list[Record]) -> tuple[list, list]:
         """All at once; if that fails, bisect: one bad record costs O(log n) retries, and only it errors."""
@@ -230,11 +236,11 @@ class CommitShard:
         cfg, shard_id = self.cfg, batch.shard.shard_id
         aggregated = [(r.seq_id, self._aggregate(seq)) for r, seq in batch.results]
         per_seq_seconds = batch.attribute_seconds / max(1, len(batch.results))
-        rows = [
-            self._sequence_row(r, s, per_seq_seconds) for (r, _), (_, s) in zip(batch.results, aggregated, strict=True)
-        ]
+        records = [r for r, _ in batch.results]
         built = {
-            "sequences": tables.rows_table(rows, tables.SEQUENCES),
+            "sequences": tables.columns_table(
+                self._sequence_columns(records, [s for _, s in aggregated], per_seq_seconds), tables.SEQUENCES
+            ),
             "source_attributions": tables.attribution_table(aggregated, "source"),
             "target_attributions": tables.attribution_table(aggregated, "target"),
             "step_scores": tables.step_scores_table(aggregated, cfg.step_scores),
@@ -267,29 +273,33 @@ class CommitShard:
         fn = self.cfg.aggregate_fn if seq.attribution_dims == ("hidden",) else None
         return seq.aggregate(fn, normalize=self.cfg.normalize)
 
-    def _sequence_row(self, r: Record, seq: FeatureAttributionSequenceOutput, seconds: float) -> dict:
+    def _sequence_columns(
+        self, records: list[Record], seqs: list[FeatureAttributionSequenceOutput], seconds: float
+    ) -> dict[str, list]:
+        """The ``sequences`` table's columns (one entry per attributed record)."""
+        cfg, n = self.cfg, len(records)
         return {
-            "seq_id": r.seq_id,
-            "shard": r.shard,
-            "source_file": r.source_file,
-            "position": r.position,
-            "source_text": r.source,
-            "target_text": r.generated_text,
-            "source_tokens": [t.token for t in seq.source],
-            "target_tokens": [t.token for t in seq.target],
-            "source_token_ids": [t.id for t in seq.source],
-            "target_token_ids": [t.id for t in seq.target],
-            "attr_pos_start": seq.attr_pos_start,
-            "attr_pos_end": seq.attr_pos_end,
-            "n_steps": seq.n_steps,
-            "model": self.cfg.model,
-            "method": self.cfg.method,
-            "attributed_fn": self.cfg.attributed_fn,
-            "generated": r.generated,
-            "object_uri": r.object_uri,
-            "object_bytes": r.object_bytes,
-            "attribute_seconds": seconds,
-            "batch_size": r.batch_size,
+            "seq_id": [r.seq_id for r in records],
+            "shard": [r.shard for r in records],
+            "source_file": [r.source_file for r in records],
+            "position": [r.position for r in records],
+            "source_text": [r.source for r in records],
+            "target_text": [r.generated_text for r in records],
+            "source_tokens": [[t.token for t in s.source] for s in seqs],
+            "target_tokens": [[t.token for t in s.target] for s in seqs],
+            "source_token_ids": [[t.id for t in s.source] for s in seqs],
+            "target_token_ids": [[t.id for t in s.target] for s in seqs],
+            "attr_pos_start": [s.attr_pos_start for s in seqs],
+            "attr_pos_end": [s.attr_pos_end for s in seqs],
+            "n_steps": [s.n_steps for s in seqs],
+            "model": [cfg.model] * n,
+            "method": [cfg.method] * n,
+            "attributed_fn": [cfg.attributed_fn] * n,
+            "generated": [r.generated for r in records],
+            "object_uri": [r.object_uri for r in records],
+            "object_bytes": [r.object_bytes for r in records],
+            "attribute_seconds": [seconds] * n,
+            "batch_size": [r.batch_size for r in records],
         }
 
     @staticmethod

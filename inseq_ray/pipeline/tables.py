@@ -76,46 +76,78 @@ def step_scores_schema(names: list[str]) -> pa.Schema:
 
 
 def attribution_table(seqs: list[tuple[str, FeatureAttributionSequenceOutput]], which: str) -> pa.Table:
-    """Long format of aggregated (tokens, steps) matrices; NaN cells (future tokens) are skipped."""
-    cols: dict[str, list] = {f.name: [] for f in ATTRIBUTIONS}
+    """Long format of aggregated (tokens, steps) matrices; NaN cells (future tokens) are skipped.
+
+    Built column-wise: per sequence only numpy index arrays; token strings are gathered once per table with
+    ``take`` over each sequence's token list (no Python loop over cells).
+    """
+    seq_ids, steps, rows, scores = [], [], [], []
+    starts, tok_offsets, gen_offsets = [], [], []
+    tokens_all, generated_all = [], []
     for seq_id, seq in seqs:
         m = getattr(seq, f"{which}_attributions")
         if m is None:
             continue
-        tokens = seq.source if which == "source" else seq.target
-        scores = m.numpy()  # (tokens, steps)
-        rows, steps = np.nonzero(~np.isnan(scores))
-        gen = seq.generated
-        cols["seq_id"] += [seq_id] * len(rows)
-        cols["step"] += steps.tolist()
-        cols["target_pos"] += (steps + seq.attr_pos_start).tolist()
-        cols["target_token"] += [gen[s].token for s in steps]
-        cols["attributed_pos"] += rows.tolist()
-        cols["attributed_token"] += [tokens[r].token for r in rows]
-        cols["score"] += scores[rows, steps].tolist()
+        matrix = m.numpy()  # (tokens, steps)
+        r, s = np.nonzero(~np.isnan(matrix))
+        seq_ids.append(seq_id)
+        rows.append(r)
+        steps.append(s)
+        scores.append(matrix[r, s])
+        starts.append(seq.attr_pos_start)
+        tok_offsets.append(len(tokens_all))
+        gen_offsets.append(len(generated_all))
+        tokens_all += [t.token for t in (seq.source if which == "source" else seq.target)]
+        generated_all += [t.token for t in seq.generated]
+    if not seq_ids:
+        return ATTRIBUTIONS.empty_table()
+    counts = np.array([len(r) for r in rows])
+    owner = np.repeat(np.arange(len(seq_ids)), counts)  # (cells,) index of each cell's sequence
+    step = np.concatenate(steps)
+    row = np.concatenate(rows)
+    cols = {
+        "seq_id": pa.array(seq_ids, pa.string()).take(owner),
+        "step": step.astype(np.int32),
+        "target_pos": (step + np.array(starts)[owner]).astype(np.int32),
+        "target_token": pa.array(generated_all, pa.string()).take(step + np.array(gen_offsets)[owner]),
+        "attributed_pos": row.astype(np.int32),
+        "attributed_token": pa.array(tokens_all, pa.string()).take(row + np.array(tok_offsets)[owner]),
+        "score": np.concatenate(scores).astype(np.float32),
+    }
     return pa.Table.from_pydict(cols, schema=ATTRIBUTIONS)
 
 
 def step_scores_table(seqs: list[tuple[str, FeatureAttributionSequenceOutput]], names: list[str]) -> pa.Table:
+    """One row per generated token, one float column per step score (built column-wise, as above)."""
     schema = step_scores_schema(names)
-    cols: dict[str, list] = {f.name: [] for f in schema}
-    for seq_id, seq in seqs:
-        n = seq.n_steps
-        cols["seq_id"] += [seq_id] * n
-        cols["step"] += list(range(n))
-        cols["target_pos"] += list(range(seq.attr_pos_start, seq.attr_pos_end))
-        cols["target_token"] += [t.token for t in seq.generated]
-        for name in names:
-            cols[name] += seq.step_scores[name].tolist()
+    if not seqs:
+        return schema.empty_table()
+    counts = np.array([seq.n_steps for _, seq in seqs])
+    owner = np.repeat(np.arange(len(seqs)), counts)  # (steps,) index of each row's sequence
+    step = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    cols = {
+        "seq_id": pa.array([seq_id for seq_id, _ in seqs], pa.string()).take(owner),
+        "step": step.astype(np.int32),
+        "target_pos": (step + np.array([seq.attr_pos_start for _, seq in seqs])[owner]).astype(np.int32),
+        "target_token": pa.array([t.token for _, seq in seqs for t in seq.generated], pa.string()),
+    }
+    for name in names:
+        cols[name] = np.concatenate([seq.step_scores[name].numpy() for _, seq in seqs]).astype(np.float32)
     return pa.Table.from_pydict(cols, schema=schema)
 
 
 def rows_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
-    """Rows -> table; text UTF-8 cannot encode (lone surrogates) is backslash-escaped, so no value can stop a shard."""
+    """Rows -> table (see :func:`columns_table`)."""
+    return columns_table({f.name: [row[f.name] for row in rows] for f in schema}, schema)
+
+
+def columns_table(columns: dict[str, list], schema: pa.Schema) -> pa.Table:
+    """Columns -> table; text UTF-8 cannot encode (lone surrogates) is backslash-escaped, so no value can stop
+    a shard."""
     try:
-        return pa.Table.from_pylist(rows, schema=schema)
+        return pa.Table.from_pydict(columns, schema=schema)
     except (UnicodeEncodeError, pa.ArrowInvalid):  # rare: escape, then build (the fast path skips this scan)
-        return pa.Table.from_pylist([{k: _encodable(v) for k, v in row.items()} for row in rows], schema=schema)
+        return pa.Table.from_pydict({k: [_encodable(v) for v in col] for k, col in columns.items()}, schema=schema)
 
 
 def _encodable(value):
