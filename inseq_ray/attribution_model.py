@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from inseq_ray.contrast import CONTRAST_ARGS, ContrastSpec, prepare_contrast
 from inseq_ray.engine import MethodContext, MethodResult
 from inseq_ray.errors import InputError, NonFiniteAttributionError, Reason
 from inseq_ray.methods import get_method, method_copies
@@ -29,9 +30,15 @@ from inseq_ray.models.encoding import (
     encode_encoder_decoder,
 )
 from inseq_ray.models.generation import generate_targets
-from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenceOutput
+from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenceOutput, TokenWithId
 from inseq_ray.sequences import build_sequences, normalize_on_device, reduce_hidden_on_device
-from inseq_ray.step_scores import get_step_function, step_function_name
+from inseq_ray.step_scores import (
+    STEP_FUNCTIONS,
+    get_step_function,
+    is_contrastive,
+    kl_divergence_fn,
+    step_function_name,
+)
 
 __all__ = ["AttributeSettings", "AttributionModel", "NonFiniteAttributionError", "load_model"]
 
@@ -55,6 +62,7 @@ class AttributeSettings:
     aggregate_hidden_fn: str | None
     normalize: bool  # with aggregate_hidden_fn: per-step normalisation on the device too
     step_blocks: int
+    contrast: ContrastSpec | None = None  # contrastive inputs of every input, when given
 
 
 class AttributionModel:
@@ -131,6 +139,7 @@ class AttributionModel:
             attributed_fn_args=attributed_fn_args,
             step_scores_args=step_scores_args,
             extra=kwargs,
+            n_inputs=len(inputs),
         )
         generation_args = dict(generation_args or {})
         targets, target_ids = self._targets(inputs, generated_texts, batch_size, generation_args)
@@ -197,12 +206,20 @@ class AttributionModel:
         attributed_fn_args: dict | None,
         step_scores_args: dict | None,
         extra: dict,
+        n_inputs: int = 1,
     ) -> AttributeSettings:
         """Look up every id and route ``extra`` keyword arguments once; errors name the valid choices."""
         method_id = method or self.default_method or "saliency"
         method_fn = get_method(method_id)
         fn = get_step_function(attributed_fn)
-        method_kw, fn_kw = _split_kwargs(method_id, method_fn, fn, extra)
+        score_fns = {name: get_step_function(name) for name in step_scores}
+        extra, attributed_fn_args, step_scores_args, contrast_kw = _pop_contrast(
+            extra, attributed_fn_args, step_scores_args
+        )
+        method_kw, fn_kw, scores_from_extra = _split_kwargs(method_id, method_fn, fn, score_fns, extra)
+        scores_kw = _scores_kwargs(score_fns, {**scores_from_extra, **(step_scores_args or {})})
+        contrast = ContrastSpec.from_kwargs(contrast_kw, n_inputs, self.is_encoder_decoder)
+        _check_contrast_use(contrast, fn, score_fns, contrast_kw)
         if vjp not in ("loop", "batched"):
             raise ValueError(f"vjp must be 'loop' or 'batched', got {vjp!r}.")
         if step_blocks is None:  # GPUs: one forward per batch; CPUs: shorter backward passes pay more
@@ -220,14 +237,15 @@ class AttributionModel:
             method_kw={**method_kw, **(attribution_args or {})},
             fn=fn,
             fn_kw={**fn_kw, **(attributed_fn_args or {})},
-            score_fns={name: get_step_function(name) for name in step_scores},
-            scores_kw=step_scores_args or {},
+            score_fns=score_fns,
+            scores_kw=scores_kw,
             attribute_target=attribute_target or not self.is_encoder_decoder,
             include_eos_baseline=include_eos_baseline,
             vjp=vjp,
             aggregate_hidden_fn=aggregate_hidden_fn,
             normalize=normalize,
             step_blocks=step_blocks,
+            contrast=contrast,
         )
 
     def _targets(self, inputs: list[str], generated, batch_size: int | None, generation_args: dict) -> tuple:
@@ -277,11 +295,16 @@ class AttributionModel:
             *self._attribute_fitting(idx[half:], inputs, targets, target_ids, attr_pos, settings),
         ]
 
+    def _decoder_start(self) -> int | None:
+        if not self.is_encoder_decoder:
+            return None
+        start = self.model.generation_config.decoder_start_token_id
+        return int(start if start is not None else self.model.config.decoder_start_token_id)
+
     def _encode(self, inputs: list[str], targets: list[str], attr_pos: tuple, ids: list | None) -> EncodedBatch:
         if self.is_encoder_decoder:
-            start = self.model.generation_config.decoder_start_token_id
-            start = start if start is not None else self.model.config.decoder_start_token_id
-            return encode_encoder_decoder(self.tokenizer, inputs, targets, int(start), self.max_length, attr_pos, ids)
+            start = self._decoder_start()
+            return encode_encoder_decoder(self.tokenizer, inputs, targets, start, self.max_length, attr_pos, ids)
         return encode_decoder_only(self.tokenizer, inputs, targets, self.max_length, attr_pos, ids)
 
     def baseline_ids(self, ids: torch.Tensor, include_eos_baseline: bool) -> torch.Tensor:
@@ -308,6 +331,7 @@ class AttributionModel:
         ctx = MethodContext(
             self.adapter, batch, attributed, settings.fn, settings.fn_kw, baselines, settings.vjp, settings.step_blocks
         )
+        labels = self._prepare_step_context(ctx, batch, settings, idx)
         result: MethodResult = settings.method_fn(ctx, **settings.method_kw)
         scores = {name: ctx.step_values(f, settings.scores_kw.get(name, {})) for name, f in settings.score_fns.items()}
         scores.update(result.step_scores)
@@ -315,7 +339,31 @@ class AttributionModel:
             result = reduce_hidden_on_device(result, settings.aggregate_hidden_fn)
             if settings.normalize:
                 result = normalize_on_device(result, batch)
-        return build_sequences(batch, result, scores, idx, ctx.plan.valid)
+        seqs = build_sequences(batch, result, scores, idx, ctx.plan.valid)
+        for seq, relabel in zip(seqs, labels or [], strict=False):
+            seq.target = [TokenWithId(relabel[p], t.id) if p in relabel else t for p, t in enumerate(seq.target)]
+        return seqs
+
+    def _prepare_step_context(
+        self, ctx: MethodContext, batch: EncodedBatch, settings: AttributeSettings, idx: list[int]
+    ) -> list[dict[int, str]] | None:
+        """Per-batch data of the step functions: the contrast side (at most one forward) and ``fn.prepare``.
+        Returns the contrastive token labels of each sequence (target position -> label), if any."""
+        fns = [(settings.fn, settings.fn_kw, True)]
+        fns += [(f, settings.scores_kw.get(n, {}), False) for n, f in settings.score_fns.items()]
+        if settings.contrast is not None:
+            need_logits = any(
+                is_contrastive(f) and (not attributed or settings.contrast.force_inputs) for f, _, attributed in fns
+            )
+            contrast = prepare_contrast(
+                self.adapter, self.tokenizer, batch, settings.contrast.select(idx), self._decoder_start(), need_logits
+            )
+            ctx.step_context.contrast_ids, ctx.step_context.contrast_logits = contrast.ids, contrast.logits
+            ctx.step_context.force_inputs = settings.contrast.force_inputs
+        for f, kw, _ in fns:
+            if hasattr(f, "prepare"):
+                ctx.step_context.extras.update(f.prepare(ctx, **kw))
+        return contrast.labels if settings.contrast is not None and settings.contrast.targets is not None else None
 
 
 def plan_batches(lengths: list[int], batch_size: int, max_row_tokens: int | None = None) -> list[list[int]]:
@@ -335,20 +383,78 @@ def plan_batches(lengths: list[int], batch_size: int, max_row_tokens: int | None
     return batches
 
 
-def _split_kwargs(method_id: str, method_fn, fn, kwargs: dict) -> tuple[dict, dict]:
-    """Route extra keyword arguments to the method or the attributed function, by signature."""
+def _split_kwargs(method_id: str, method_fn, fn, score_fns: dict, kwargs: dict) -> tuple[dict, dict, dict]:
+    """Route extra keyword arguments to the method, the attributed function or the step scores, by signature
+    (as Inseq does); an argument none of them takes is an error naming what each accepts."""
     method_params = _params(method_fn)
     fn_params = _params(fn)
+    score_params = set().union(*(_params(f) for f in score_fns.values()))
     method_kw = {k: v for k, v in kwargs.items() if k in method_params}
     fn_kw = {k: v for k, v in kwargs.items() if k in fn_params and k not in method_params}
-    unknown = sorted(set(kwargs) - set(method_kw) - set(fn_kw))
+    scores_kw = {k: v for k, v in kwargs.items() if k in score_params}
+    unknown = sorted(set(kwargs) - set(method_kw) - set(fn_kw) - set(scores_kw))
     if unknown:
         raise TypeError(
             f"Unknown argument(s) {', '.join(unknown)} for method {method_id!r} "
             f"(it accepts: {', '.join(sorted(method_params)) or 'nothing'}; "
-            f"the attributed function accepts: {', '.join(sorted(fn_params)) or 'nothing'})."
+            f"the attributed function accepts: {', '.join(sorted(fn_params)) or 'nothing'}; "
+            f"the step scores accept: {', '.join(sorted(score_params)) or 'nothing'})."
         )
-    return method_kw, fn_kw
+    return method_kw, fn_kw, scores_kw
+
+
+def _scores_kwargs(score_fns: dict, given: dict) -> dict[str, dict]:
+    """Inseq's flat ``step_scores_args`` -> each score's own keyword arguments (by signature); a key that names
+    a score with a dict value gives that score's arguments directly."""
+    out: dict[str, dict] = {name: {} for name in score_fns}
+    for key, value in given.items():
+        if key in score_fns and isinstance(value, dict):
+            out[key].update(value)
+            continue
+        takers = [name for name, f in score_fns.items() if key in _params(f)]
+        if not takers:
+            raise TypeError(f"step_scores_args: no step score in {sorted(score_fns)} takes {key!r}.")
+        for name in takers:
+            out[name][key] = value
+    return out
+
+
+def _pop_contrast(extra: dict, fn_args: dict | None, scores_args: dict | None) -> tuple[dict, dict, dict, dict]:
+    """Take Inseq's contrast arguments out of ``extra`` and of ``attributed_fn_args``/``step_scores_args``
+    (they describe the inputs, not one function) -> (extra, fn args, scores args, contrast args); the
+    caller's dicts are left as they are."""
+    contrast = {}
+    rest = []
+    for d in (extra, fn_args or {}, scores_args or {}):
+        contrast.update({k: v for k, v in d.items() if k in CONTRAST_ARGS})
+        rest.append({k: v for k, v in d.items() if k not in CONTRAST_ARGS})
+    return rest[0], rest[1], rest[2], contrast
+
+
+def _check_contrast_use(spec: ContrastSpec | None, fn, score_fns: dict, given: dict) -> None:
+    """Contrast inputs and contrastive functions come together; either alone is a mistake worth one line."""
+    contrastive = [name for name, f in score_fns.items() if is_contrastive(f)]
+    if is_contrastive(fn):
+        contrastive.append(step_function_name(fn))
+    if contrastive and spec is None:
+        raise ValueError(
+            f"{', '.join(contrastive)} compare with contrastive inputs: pass contrast_targets (or, for "
+            "encoder-decoder models, contrast_sources)."
+        )
+    if spec is None and given:
+        raise ValueError(f"{', '.join(sorted(given))} given without contrast_targets or contrast_sources.")
+    if spec is not None and not contrastive:
+        names = sorted(n for n, f in STEP_FUNCTIONS.items() if is_contrastive(f))
+        raise ValueError(
+            "contrast inputs were given, but neither attributed_fn nor step_scores uses them: pick one of "
+            + ", ".join(names)
+            + "."
+        )
+    if fn is kl_divergence_fn and spec is not None and not spec.force_inputs:
+        raise ValueError(
+            "attributed_fn='kl_divergence' compares the original and the contrast forward: pass "
+            "contrast_force_inputs=True (as in Inseq)."
+        )
 
 
 def _params(fn) -> set[str]:

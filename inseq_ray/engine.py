@@ -18,7 +18,7 @@ import torch
 
 from inseq_ray.models.adapter import ForwardInputs, ModelAdapter
 from inseq_ray.models.encoding import EncodedBatch
-from inseq_ray.step_scores import StepFunction, StepFunctionArgs
+from inseq_ray.step_scores import ContrastRows, StepFunction, StepFunctionArgs
 
 HEAD_CHUNK_ELEMENTS = 2**26  # max logits materialised at once when pushing rows through the head
 
@@ -56,6 +56,29 @@ class StepPlan:
 
 
 @dataclass
+class StepContext:
+    """Per-(sequence, step) data prepared once per batch for step functions (contrast, MC dropout).
+
+    contrast_ids: (B, T) contrast target ids; contrast_logits: (B, T, V) contrast next-token logits or None.
+    extras: name -> (B, T, ...) values of ``fn.prepare``.
+    """
+
+    contrast_ids: torch.Tensor | None = None
+    contrast_logits: torch.Tensor | None = None
+    force_inputs: bool = False
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def rows(self, cells: tuple[torch.Tensor, torch.Tensor]) -> tuple[ContrastRows | None, dict[str, torch.Tensor]]:
+        """The data of the cells ``(b, t)`` (each (N,)) as step-function rows."""
+        b, t = cells
+        extras = {k: v[b, t] for k, v in self.extras.items()}
+        if self.contrast_ids is None:
+            return None, extras
+        logits = None if self.contrast_logits is None else self.contrast_logits[b, t]
+        return ContrastRows(self.contrast_ids[b, t], logits, self.force_inputs), extras
+
+
+@dataclass
 class MethodResult:
     """attributions: name ("source"/"target") -> (T, B, L, *extra) float32 on the device."""
 
@@ -86,6 +109,7 @@ class MethodContext:
             self.baselines = self._embed(baseline_ids.get("source"), baseline_ids["target"])
         self._input_rows: torch.Tensor | None = None  # (B, T, H) state rows at the real input
         self._input_logits: torch.Tensor | None = None  # (B, T, V) logits at the real input
+        self.step_context = StepContext()  # filled by attribute() before the method runs
 
     def attributed_embeds(self) -> dict[str, torch.Tensor]:
         """name -> (B, L, H) embeddings of the attributed inputs."""
@@ -151,22 +175,29 @@ class MethodContext:
                 states = self.adapter.states(self.forward_inputs(leaves, r, length))  # (RB, L', H)
                 rows = gather_rows(states, sub.positions - 1)  # (RB, T', H)
                 input_rows.append(rows[: self.batch.size].detach())
-                row_cot = self._row_cotangents(rows.detach(), sub)  # (RB, T', H)
+                row_cot = self._row_cotangents(rows.detach(), sub, t0)  # (RB, T', H)
                 self._vjps(states, [leaves[n] for n in names], sub, row_cot, keep)
             del states, rows
         if at_input:
             self._input_rows = torch.cat(input_rows, dim=1)
         return {n: torch.stack(v) for n, v in combined.items()}
 
-    def _row_cotangents(self, rows: torch.Tensor, plan: StepPlan) -> torch.Tensor:
-        """d f / d row for every (row, step): one backward through the head, chunked over rows."""
-        flat = rows.flatten(0, 1)  # (RB*T, H)
+    def _row_cotangents(self, rows: torch.Tensor, plan: StepPlan, t0: int = 0) -> torch.Tensor:
+        """d f / d row for every (row, step): one backward through the head, chunked over rows.
+
+        rows: (RB, T', H) for steps t0..t0+T'-1 of R stacked copies of the batch.
+        """
+        flat = rows.flatten(0, 1)  # (RB*T', H)
         tgt, valid = plan.target_ids.flatten(), plan.valid.flatten()
         chunk = max(1, HEAD_CHUNK_ELEMENTS // max(1, self.vocab_size))
         out = torch.zeros_like(flat, dtype=torch.float32)
+        steps = rows.shape[1]
         for s in range(0, flat.shape[0], chunk):
+            k = torch.arange(s, min(s + chunk, flat.shape[0]), device=flat.device)  # flat cell indices
+            contrast, extras = self.step_context.rows(((k // steps) % self.batch.size, t0 + k % steps))
             leaf = flat[s : s + chunk].detach().requires_grad_(True)
-            f = self.fn(StepFunctionArgs(self.adapter.head(leaf), tgt[s : s + chunk]), **self.fn_kwargs)
+            args = StepFunctionArgs(self.adapter.head(leaf), tgt[s : s + chunk], contrast, True, extras)
+            f = self.fn(args, **self.fn_kwargs)
             f = torch.where(valid[s : s + chunk], f, torch.zeros_like(f))
             (out[s : s + chunk],) = torch.autograd.grad(f.sum(), leaf)
         out = torch.where(valid[:, None], out, torch.zeros_like(out))  # empty cells contribute nothing, even NaN
@@ -208,21 +239,53 @@ class MethodContext:
         self._input_logits = gather_rows(logits, self.plan.positions - 1)
 
     @torch.no_grad()
-    def step_values(self, fn: StepFunction, kwargs: dict, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) values of a step function (NaN in empty cells)."""
+    def step_values(
+        self, fn: StepFunction, kwargs: dict, rows: torch.Tensor | None = None, attributed: bool = False
+    ) -> torch.Tensor:
+        """(B, T) values of a step function (NaN in empty cells); ``attributed`` evaluates it as the attributed
+        function (contrastive functions then use the original forward, as in the gradient passes)."""
         if rows is None and self._input_logits is not None:
             logits = self._input_logits.flatten(0, 1)
         else:
             rows = self.input_rows() if rows is None else rows
             logits = self.adapter.head(rows.flatten(0, 1))
-        values = fn(StepFunctionArgs(logits, self.plan.target_ids.flatten()), **kwargs).view(self.plan.valid.shape)
+        b, t = (
+            i.flatten()
+            for i in torch.meshgrid(
+                *(torch.arange(n, device=logits.device) for n in self.plan.valid.shape), indexing="ij"
+            )
+        )
+        contrast, extras = self.step_context.rows((b, t))
+        args = StepFunctionArgs(logits, self.plan.target_ids.flatten(), contrast, attributed, extras)
+        values = fn(args, **kwargs).view(self.plan.valid.shape)
         return torch.where(self.plan.valid, values.float(), torch.full_like(values.float(), float("nan")))
+
+    @torch.no_grad()
+    def dropout_logprobs(self, n: int) -> list[torch.Tensor]:
+        """``n`` forwards at the real inputs with dropout active -> each (B, T) target log-probabilities.
+
+        Every module's training flag is restored afterwards, also on error (actors reuse the model).
+        """
+        model = self.adapter.model
+        flags = {m: m.training for m in model.modules()}
+        out = []
+        try:
+            model.train()
+            for _ in range(n):
+                states = self.adapter.states(self.forward_inputs({}, 1))
+                logits = self.adapter.head(gather_rows(states, self.plan.positions - 1).flatten(0, 1)).float()
+                logprobs = logits.log_softmax(-1).gather(-1, self.plan.target_ids.flatten()[:, None])
+                out.append(logprobs.view(self.plan.valid.shape))
+        finally:
+            for m, flag in flags.items():
+                m.train(flag)
+        return out
 
     @torch.no_grad()
     def attributed_values(self, embeds: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, T) attributed function at other inputs (e.g. the baseline), one no-grad forward."""
         states = self.adapter.states(self.forward_inputs(embeds, 1))
-        return self.step_values(self.fn, self.fn_kwargs, gather_rows(states, self.plan.positions - 1))
+        return self.step_values(self.fn, self.fn_kwargs, gather_rows(states, self.plan.positions - 1), attributed=True)
 
 
 def gather_rows(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

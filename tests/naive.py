@@ -89,8 +89,21 @@ def baseline(am, ids: torch.Tensor, keep_first: bool = False) -> torch.Tensor:
     return base
 
 
-def naive_attribute(am, source: str, target: str, method: str, attribute_target: bool, shap_draws=None, **kw):
-    """Per step p: captum ``method`` on the prefix. Returns (src (S, n, H) | None, tgt (L, n, H) | None)."""
+def next_logits(am, src_ids, prefix_ids) -> torch.Tensor:
+    """(V,) the model's own next-token logits after ``prefix_ids`` (and ``src_ids`` for encoder-decoder)."""
+    with torch.no_grad():
+        if am.is_encoder_decoder:
+            return am.model(input_ids=src_ids[None], decoder_input_ids=prefix_ids[None], use_cache=False).logits[0, -1]
+        return am.model(input_ids=prefix_ids[None], use_cache=False).logits[0, -1]
+
+
+def naive_attribute(
+    am, source: str, target: str, method: str, attribute_target: bool, shap_draws=None, fn_for_step=None, **kw
+):
+    """Per step p: captum ``method`` on the prefix. Returns (src (S, n, H) | None, tgt (L, n, H) | None).
+
+    ``fn_for_step(p)`` gives step p's function of (logits, target) (default: the target's probability).
+    """
     model = am.model
     src_ids, tgt_ids, start = embed_pieces(am, source, target)
     emb_s, emb_t = embedding_modules(model, am.is_encoder_decoder)
@@ -106,7 +119,8 @@ def naive_attribute(am, source: str, target: str, method: str, attribute_target:
                 "source": emb_s(baseline(am, src_ids[None])) if emb_s is not None else None,
             }
         inputs, bases = tuple(x[n] for n in names), tuple(b[n] for n in names)
-        step = PrefixStep(model, am.is_encoder_decoder, src_ids, prefix, int(tgt_ids[p]), names)
+        fn = fn_for_step(p) if fn_for_step is not None else ss.probability_fn
+        step = PrefixStep(model, am.is_encoder_decoder, src_ids, prefix, int(tgt_ids[p]), names, fn)
         attrs = dict(zip(names, _captum(step, method, inputs, bases, shap_draws, names, **kw)))
         if "source" in attrs:
             src_cols.append(attrs["source"][0])
