@@ -74,9 +74,7 @@ def test_step_scores_with_contrast_targets_right_aligned_on_a_decoder_only_model
     """Context-usage shape: the contrast is the prompt without its first words, aligned from the end."""
     targets = _targets(gpt2, GPT2_PROMPTS)
     contrast = [t.split(" ", 2)[-1] for t in targets]  # drop two words of context
-    out = gpt2.attribute(
-        GPT2_PROMPTS, targets, step_scores=CONTRASTIVE, contrast_targets=contrast, show_progress=False
-    )
+    out = gpt2.attribute(GPT2_PROMPTS, targets, step_scores=CONTRASTIVE, contrast_targets=contrast, show_progress=False)
     ends = [s.attr_pos_end for s in out.sequence_attributions]
     _check_step_scores(gpt2, GPT2_PROMPTS, targets, out, None, contrast, lambda i, p, c_len: c_len - (ends[i] - p))
 
