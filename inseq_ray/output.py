@@ -68,6 +68,7 @@ class FeatureAttributionSequenceOutput:
 
     def aggregate(
         self,
+        aggregator: str | Sequence | None = None,
         aggregate_fn: str | Sequence | None = None,
         normalize: bool | None = None,
         rescale: bool = False,
@@ -75,11 +76,22 @@ class FeatureAttributionSequenceOutput:
     ) -> FeatureAttributionSequenceOutput:
         """Reduce ``extra`` dims to one score per (token, step); see :mod:`inseq_ray.aggregation`.
 
+        ``aggregator`` is an aggregation function id (or one per extra dim), or, as in Inseq, ``"subwords"``
+        (merge each word's tokens; ``special_chars``, ``is_suffix_symbol``, ``aggregate_source``,
+        ``aggregate_target``) or ``"spans"`` (``source_spans``, ``target_spans``: ``(start, end)`` pairs, end
+        exclusive), which first apply the default reduction and then merge with ``aggregate_fn`` (default
+        ``absmax``; step scores with Inseq's per-score functions, e.g. ``prod`` for probabilities).
+
         ``normalize`` (default: on for gradient outputs, off for attention weights, which are
         distributions already) makes each step's source + target scores sum to 1. For attention
         outputs kept whole (``keep_all=True``), ``layers``, ``heads``, ``aggregate_layers_fn`` and
         ``aggregate_heads_fn`` select as the method does (default: mean of the last layer's heads).
         """
+        if aggregator in ("subwords", "spans"):
+            return self._merge_tokens(aggregator, aggregate_fn, normalize, rescale, **fn_kwargs)
+        if aggregator is not None and aggregate_fn is not None:
+            raise ValueError(f"aggregator={aggregator!r} is a function id: give it or aggregate_fn, not both.")
+        aggregate_fn = aggregator if aggregator is not None else aggregate_fn
         attention_dims = self.attribution_dims == ("layers", "heads")
         normalize = (not attention_dims and bool(self.attribution_dims)) if normalize is None else normalize
         if normalize and rescale:
@@ -97,6 +109,60 @@ class FeatureAttributionSequenceOutput:
             src, tgt = agg.rescale(src, tgt)
         return replace(self, source_attributions=src, target_attributions=tgt, attribution_dims=())
 
+    def _merge_tokens(
+        self,
+        aggregator: str,
+        aggregate_fn,
+        normalize: bool | None,
+        rescale: bool,
+        source_spans=None,
+        target_spans=None,
+        special_chars: str | tuple[str, ...] | None = None,
+        is_suffix_symbol: bool = False,
+        aggregate_source: bool = True,
+        aggregate_target: bool = True,
+        special_tokens: Sequence[str] = (),
+        step_score_fns: dict | None = None,
+    ) -> FeatureAttributionSequenceOutput:
+        from inseq_ray import spans as sp
+
+        base = self.aggregate(normalize=normalize, rescale=rescale) if self.attribution_dims else self
+        if aggregator == "subwords":
+            tokens = [*self.source, *self.target]
+            keep = {t.token for t in tokens if _looks_special(t.token)} | set(special_tokens)
+            special_chars = special_chars or sp.detect_marker([t.token for t in tokens])
+            source_spans = sp.word_spans(self.source, special_chars, is_suffix_symbol, keep) if aggregate_source else []
+            target_spans = sp.word_spans(self.target, special_chars, is_suffix_symbol, keep) if aggregate_target else []
+        else:
+            if source_spans is None and target_spans is None:
+                raise ValueError("aggregate('spans') needs source_spans and/or target_spans.")
+            source_spans = sp.normalize_spans(source_spans, len(self.source), "source_spans")
+            target_spans = sp.normalize_spans(target_spans, len(self.target), "target_spans")
+        return sp.merge_spans(base, source_spans, target_spans, aggregate_fn or "absmax", step_score_fns)
+
+    def weight_attributions(self, step_score: str) -> FeatureAttributionSequenceOutput:
+        """Multiply each step's scores by that step's ``step_score`` (e.g. ``probability``), in place as Inseq
+        does (after the default aggregation); returns the sequence."""
+        if step_score not in self.step_scores:
+            raise ValueError(
+                f"weight_attributions({step_score!r}): no such step score here "
+                f"(computed: {', '.join(self.step_scores) or 'none'}); add it to step_scores=[...]."
+            )
+        base = self.aggregate() if self.attribution_dims else self
+        weights = self.step_scores[step_score].float()[None, :]  # (1, steps)
+        self.source_attributions = None if base.source_attributions is None else base.source_attributions * weights
+        self.target_attributions = None if base.target_attributions is None else base.target_attributions * weights
+        self.attribution_dims = ()
+        return self
+
+    def show(self, **kwargs: Any):
+        """Render this sequence (see :meth:`FeatureAttributionOutput.show`)."""
+        return FeatureAttributionOutput([self]).show(**kwargs)
+
+    def plot(self, path: str, **kwargs: Any) -> list[str]:
+        """Write this sequence's PNG heatmap to ``path``; returns ``[path]``."""
+        return FeatureAttributionOutput([self]).plot(path, **kwargs)
+
     def get_scores_dict(self) -> dict[str, dict]:
         """Nested dicts keyed by (index, token) that ``pandas.DataFrame`` turns into matrices."""
         steps = [(self.attr_pos_start + i, tok.token) for i, tok in enumerate(self.generated)]
@@ -108,6 +174,11 @@ class FeatureAttributionSequenceOutput:
             key: {name: float(v[i]) for name, v in self.step_scores.items()} for i, key in enumerate(steps)
         }
         return out
+
+
+def _looks_special(token: str) -> bool:
+    """``<s>``, ``</s>``, ``<pad>``, ``[CLS]``-style tokens: kept alone by word merging."""
+    return len(token) > 2 and ((token[0], token[-1]) in (("<", ">"), ("[", "]")))
 
 
 def _matrix_dict(t: torch.Tensor, rows: list[TokenWithId], cols: list[tuple[int, str]]) -> dict:
@@ -132,10 +203,17 @@ class FeatureAttributionOutput:
     def __add__(self, other: FeatureAttributionOutput) -> FeatureAttributionOutput:
         return merge_attributions([self, other])
 
-    def aggregate(self, aggregate_fn: str | Sequence | None = None, **kwargs: Any) -> FeatureAttributionOutput:
-        """Aggregate every sequence (default: L2 norm over hidden, then per-step normalisation)."""
-        seqs = [s.aggregate(aggregate_fn, **kwargs) for s in self.sequence_attributions]
+    def aggregate(self, aggregator: str | Sequence | None = None, **kwargs: Any) -> FeatureAttributionOutput:
+        """Aggregate every sequence (default: L2 norm over hidden, then per-step normalisation; see
+        :meth:`FeatureAttributionSequenceOutput.aggregate` for ``"subwords"`` and ``"spans"``)."""
+        seqs = [s.aggregate(aggregator, **kwargs) for s in self.sequence_attributions]
         return FeatureAttributionOutput(seqs, dict(self.info))
+
+    def weight_attributions(self, step_score: str) -> FeatureAttributionOutput:
+        """Weight every sequence's scores by a step score, in place as Inseq does; returns the output."""
+        for seq in self.sequence_attributions:
+            seq.weight_attributions(step_score)
+        return self
 
     def get_scores_dicts(self, aggregate_fn=None, do_aggregation: bool = True, **kwargs: Any) -> list[dict]:
         """Per sequence: ``source_attributions``, ``target_attributions``, ``step_scores`` dicts."""

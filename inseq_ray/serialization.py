@@ -119,7 +119,7 @@ def output_from_dict(d: dict) -> FeatureAttributionOutput:
 
 def to_bytes(out: FeatureAttributionOutput, compress: bool, precision: str = "float32") -> bytes:
     """Serialised (and optionally gzipped, deterministic) bytes of ``out``."""
-    text = json.dumps(output_to_dict(out, precision), separators=(",", ":"), sort_keys=True).encode()
+    text = json.dumps(output_to_dict(out, precision), separators=(",", ":")).encode()  # key order kept (step scores)
     return gzip.compress(text, compresslevel=6, mtime=0) if compress else text
 
 
