@@ -37,7 +37,9 @@ class ReadShard:
         self.cfg = cfg
 
     def __call__(self, batch: ShardBatch) -> ShardBatch:
-        batch.records = list(read_shard(batch.shard, self.cfg.source_column, self.cfg.target_column))
+        cfg = self.cfg
+        contrast = (cfg.contrast_column, cfg.contrast_source_column)
+        batch.records = list(read_shard(batch.shard, cfg.source_column, cfg.target_column, contrast))
         return batch
 
 
@@ -77,6 +79,11 @@ class Attribute:
     def _attribute(self, records: list[Record]) -> list[FeatureAttributionSequenceOutput]:
         cfg = self.cfg
         targets = None if records[0].target is None else [r.target for r in records]
+        contrast = {}
+        if cfg.contrast_column:
+            contrast["contrast_targets"] = [r.contrast_target for r in records]
+        if cfg.contrast_source_column:
+            contrast["contrast_sources"] = [r.contrast_source for r in records]
         finished: dict[int, FeatureAttributionSequenceOutput] = {}
 
         def on_batch(idx: list[int], seqs: list) -> None:  # each batch as soon as it is attributed
@@ -97,6 +104,7 @@ class Attribute:
             batch_callback=on_batch,
             aggregate_hidden_fn=None if cfg.save_granular else cfg.aggregate_fn,
             normalize=cfg.normalize and not cfg.save_granular,  # batched on the device, not per sequence
+            **contrast,
             **cfg.method_args,
         )
         for r, size in zip(records, out.info["batch_sizes"], strict=True):
@@ -300,6 +308,8 @@ class CommitShard:
             "object_bytes": [r.object_bytes for r in records],
             "attribute_seconds": [seconds] * n,
             "batch_size": [r.batch_size for r in records],
+            "contrast_text": [r.contrast_target for r in records],
+            "contrast_source_text": [r.contrast_source for r in records],
         }
 
     @staticmethod

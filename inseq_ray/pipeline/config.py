@@ -47,6 +47,15 @@ class PipelineConfig:
     target_column: str | None = setting(
         "target", "optional column with forced targets; generated when absent", results=True
     )
+    contrast_column: str | None = setting(
+        None,
+        "jsonl/csv/parquet column with each record's contrastive target (for contrast_* step functions; "
+        "decoder-only: the whole contrastive text)",
+        results=True,
+    )
+    contrast_source_column: str | None = setting(
+        None, "encoder-decoder: column with each record's contrastive source", results=True
+    )
     attribute_target: bool = setting(False, "encoder-decoder: also attribute the target prefix", results=True)
     attributed_fn: str = setting("probability", "step function whose gradient is attributed", results=True)
     step_scores: list[str] = setting(

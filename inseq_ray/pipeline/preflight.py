@@ -27,6 +27,7 @@ def preflight(cfg: PipelineConfig) -> tuple[list[Shard], list[Record], dict[str,
     """
     files = _list(cfg)
     shards = plan_shards(cfg.input, cfg.input_format, cfg.shard_bytes, files=files)
+    _check_contrast(cfg, shards)
     sample = _check_columns(cfg, shards[0])
     check_model(cfg.model)
     _check_output(cfg.output)
@@ -56,13 +57,35 @@ def _list(cfg: PipelineConfig) -> InputFiles:
 def _check_columns(cfg: PipelineConfig, shard: Shard, sample: int = 50) -> list[Record]:
     """The first records of the first file: if none has the source column, the column name is wrong."""
     records = []
-    for record in read_shard(shard, cfg.source_column, cfg.target_column):
+    contrast = (cfg.contrast_column, cfg.contrast_source_column)
+    for record in read_shard(shard, cfg.source_column, cfg.target_column, contrast):
         records.append(record)
         if len(records) >= sample:
             break
     if records and all(r.error_reason == Reason.MISSING_COLUMN for r in records):
-        raise ValueError(f"input: {records[0].error_message} in {shard.rel}; pass --source-column with the right name.")
+        flag = "--contrast-column" if "contrast" in records[0].error_message else "--source-column"
+        raise ValueError(f"input: {records[0].error_message} in {shard.rel}; pass {flag} with the right name.")
     return records
+
+
+def _check_contrast(cfg: PipelineConfig, shards: list[Shard]) -> None:
+    """Contrastive step functions and contrast columns come together, from a format with columns."""
+    from inseq_ray.step_scores import get_step_function, is_contrastive
+
+    users = [n for n in [cfg.attributed_fn, *cfg.step_scores] if is_contrastive(get_step_function(n))]
+    columns = [c for c in (cfg.contrast_column, cfg.contrast_source_column) if c]
+    if users and not columns:
+        raise ValueError(
+            f"{', '.join(users)} compare with a contrastive input: pass --contrast-column (the contrastive target) "
+            "and/or, for encoder-decoder models, --contrast-source-column."
+        )
+    if columns and not users:
+        raise ValueError(
+            f"--contrast-column/--contrast-source-column ({', '.join(columns)}) given, but no contrastive step "
+            "function uses them: add e.g. --step-scores contrast_prob_diff or --attributed-fn contrast_prob_diff."
+        )
+    if columns and any(s.fmt == "text" for s in shards):
+        raise ValueError("input: plain-text files have no columns for contrastive inputs; use jsonl, csv or parquet.")
 
 
 def check_model(model: str) -> None:

@@ -58,6 +58,8 @@ class Record:
     object_uri: str | None = None
     object_bytes: int = 0
     batch_size: int = 0  # the batch size its attribution succeeded in (smaller after an out-of-memory retry)
+    contrast_target: str | None = None  # contrastive target text (contrast_column), when configured
+    contrast_source: str | None = None  # contrastive source text (contrast_source_column, encoder-decoder)
 
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".xz": "xz"}  # read whole-file (not seekable)
@@ -231,17 +233,29 @@ def csv_ranges(fs, path: str, shard_bytes: int, chunk: int = 64 << 20) -> list[t
     return out
 
 
-def seq_id_for(rel: str, position: int, source: str, target: str | None) -> str:
-    """Stable id from the record's file, position and content (not from run order)."""
-    h = hashlib.sha1(f"{rel}\x00{position}\x00{source}\x00{target or ''}".encode("utf-8", "backslashreplace"))
-    return h.hexdigest()[:20]
+Contrast = tuple[str | None, str | None]  # (contrast target, contrast source) of a record, or column names
+
+
+def seq_id_for(rel: str, position: int, source: str, target: str | None, contrast: Contrast = (None, None)) -> str:
+    """Stable id from the record's file, position and content (not from run order); contrast texts count
+    only when present, so runs without them keep their ids."""
+    key = f"{rel}\x00{position}\x00{source}\x00{target or ''}"
+    if contrast != (None, None):
+        key += f"\x00{contrast[0] or ''}\x00{contrast[1] or ''}"
+    return hashlib.sha1(key.encode("utf-8", "backslashreplace")).hexdigest()[:20]
 
 
 def _record(
-    shard: Shard, position: int, source: str, target: str | None, reason: Reason | str = "", message: str = ""
+    shard: Shard,
+    position: int,
+    source: str,
+    target: str | None,
+    reason: Reason | str = "",
+    message: str = "",
+    contrast: Contrast = (None, None),
 ) -> Record:
     return Record(
-        seq_id=seq_id_for(shard.rel, position, source, target),
+        seq_id=seq_id_for(shard.rel, position, source, target, contrast),
         shard=shard.shard_id,
         source_file=shard.rel,
         position=position,
@@ -249,15 +263,23 @@ def _record(
         target=target,
         error_reason=str(reason),
         error_message=message,
+        contrast_target=contrast[0],
+        contrast_source=contrast[1],
     )
 
 
-def read_shard(shard: Shard, source_column: str = "source", target_column: str | None = "target") -> Iterator[Record]:
-    """Records of one shard; unreadable records come back with ``error_reason`` set, never raised."""
+def read_shard(
+    shard: Shard,
+    source_column: str = "source",
+    target_column: str | None = "target",
+    contrast_columns: Contrast = (None, None),
+) -> Iterator[Record]:
+    """Records of one shard; unreadable records come back with ``error_reason`` set, never raised.
+    ``contrast_columns``: (contrast target column, contrast source column), each required when named."""
     if shard.fmt in ("text", "jsonl"):
-        yield from _read_lines(shard, source_column, target_column)
+        yield from _read_lines(shard, source_column, target_column, contrast_columns)
     else:  # csv, parquet
-        yield from _read_table(shard, source_column, target_column)
+        yield from _read_table(shard, source_column, target_column, contrast_columns)
 
 
 BOM = b"\xef\xbb\xbf"
@@ -302,7 +324,9 @@ def _iter_lines(f, chunk: int = 1 << 20) -> Iterator[bytes]:
         yield rest
 
 
-def _read_lines(shard: Shard, source_column: str, target_column: str | None) -> Iterator[Record]:
+def _read_lines(
+    shard: Shard, source_column: str, target_column: str | None, contrast_columns: Contrast
+) -> Iterator[Record]:
     for pos, raw in _lines(shard):
         raw = raw.rstrip(b"\r\n")
         try:
@@ -324,10 +348,12 @@ def _read_lines(shard: Shard, source_column: str, target_column: str | None) -> 
         if not line.strip():
             yield _record(shard, pos, line, None, Reason.EMPTY, "empty line")
             continue
-        yield _json_record(shard, pos, line, source_column, target_column)
+        yield _json_record(shard, pos, line, source_column, target_column, contrast_columns)
 
 
-def _json_record(shard: Shard, pos: int, line: str, source_column: str, target_column: str | None) -> Record:
+def _json_record(
+    shard: Shard, pos: int, line: str, source_column: str, target_column: str | None, contrast_columns: Contrast
+) -> Record:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
@@ -335,11 +361,16 @@ def _json_record(shard: Shard, pos: int, line: str, source_column: str, target_c
     if not isinstance(obj, dict) or not isinstance(obj.get(source_column), str):
         return _record(shard, pos, line, None, Reason.MISSING_COLUMN, f"no string column {source_column!r}")
     target = obj.get(target_column) if target_column else None
-    return _check_text(shard, pos, obj[source_column], target if isinstance(target, str) else None)
+    missing = next((c for c in contrast_columns if c and not isinstance(obj.get(c), str)), None)
+    if missing:
+        return _record(shard, pos, line, None, Reason.MISSING_COLUMN, f"no string column {missing!r} (contrast)")
+    contrast = tuple(obj[c] if c else None for c in contrast_columns)
+    return _check_text(shard, pos, obj[source_column], target if isinstance(target, str) else None, contrast)
 
 
-def _check_text(shard: Shard, pos: int, source: str, target: str | None) -> Record:
-    for name, text in (("source", source), ("target", target)):
+def _check_text(shard: Shard, pos: int, source: str, target: str | None, contrast: Contrast = (None, None)) -> Record:
+    texts = (("source", source), ("target", target), ("contrast target", contrast[0]), ("contrast source", contrast[1]))
+    for name, text in texts:
         if text is not None and not _encodable(text):
             return _record(
                 shard,
@@ -350,11 +381,10 @@ def _check_text(shard: Shard, pos: int, source: str, target: str | None) -> Reco
                 f"{name} text holds code points UTF-8 cannot encode (e.g. a lone surrogate from a JSON \\ud800 escape); "
                 "they are shown backslash-escaped here",
             )
-    if not source.strip():
-        return _record(shard, pos, source, target, Reason.EMPTY, "empty source text")
-    if target is not None and not target.strip():
-        return _record(shard, pos, source, target, Reason.EMPTY, "empty target text")
-    return _record(shard, pos, source, target)
+    for name, text in texts:
+        if text is not None and not text.strip():
+            return _record(shard, pos, source, target, Reason.EMPTY, f"empty {name} text", contrast)
+    return _record(shard, pos, source, target, contrast=contrast)
 
 
 def _encodable(text: str) -> bool:
@@ -392,7 +422,9 @@ def _first_record(f) -> bytes:
     return out
 
 
-def _read_table(shard: Shard, source_column: str, target_column: str | None) -> Iterator[Record]:
+def _read_table(
+    shard: Shard, source_column: str, target_column: str | None, contrast_columns: Contrast
+) -> Iterator[Record]:
     """CSV files and Parquet row groups; malformed CSV rows and a missing source column become error records."""
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
@@ -410,18 +442,27 @@ def _read_table(shard: Shard, source_column: str, target_column: str | None) -> 
         msg = f"CSV row has {row.actual_columns} fields, the header has {row.expected_columns}"
         position = shard.offset + max(0, int(row.number or 2) - 2) if shard.end >= 0 else int(row.number or 0)
         yield _record(shard, position, text, None, Reason.BAD_INPUT, msg)
-    if source_column not in table.column_names:
-        msg = f"{shard.rel} has no column {source_column!r} (columns: {', '.join(table.column_names)}): pass --source-column"
-        yield _record(shard, shard.offset, ",".join(table.column_names), None, Reason.MISSING_COLUMN, msg)
-        return
+    for column, flag in (
+        (source_column, "--source-column"),
+        *((c, "--contrast-column") for c in contrast_columns if c),
+    ):
+        if column not in table.column_names:
+            msg = f"{shard.rel} has no column {column!r} (columns: {', '.join(table.column_names)}): pass {flag}"
+            yield _record(shard, shard.offset, ",".join(table.column_names), None, Reason.MISSING_COLUMN, msg)
+            return
+    contrasts = list(zip(*(table.column(c).to_pylist() if c else [None] * table.num_rows for c in contrast_columns)))
     sources = table.column(source_column).to_pylist()
     targets = (
         table.column(target_column).to_pylist()
         if target_column and target_column in table.column_names
         else [None] * len(sources)
     )
-    for i, (src, tgt) in enumerate(zip(sources, targets, strict=True)):
+    for i, (src, tgt, contrast) in enumerate(zip(sources, targets, contrasts, strict=True)):
         pos = shard.offset + i
+        missing = next((c for c, v in zip(contrast_columns, contrast) if c and not isinstance(v, str)), None)
+        if missing and isinstance(src, str):
+            yield _record(shard, pos, src, None, Reason.MISSING_COLUMN, f"no string value in column {missing!r}")
+            continue
         if not isinstance(src, str):
             yield _record(
                 shard,
@@ -432,4 +473,4 @@ def _read_table(shard: Shard, source_column: str, target_column: str | None) -> 
                 "source is not text",
             )
             continue
-        yield _check_text(shard, pos, src, tgt if isinstance(tgt, str) else None)
+        yield _check_text(shard, pos, src, tgt if isinstance(tgt, str) else None, contrast)

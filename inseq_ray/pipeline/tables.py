@@ -39,6 +39,8 @@ SEQUENCES = pa.schema(
         ("object_bytes", pa.int64()),
         ("attribute_seconds", pa.float32()),
         ("batch_size", pa.int32()),
+        ("contrast_text", pa.string()),
+        ("contrast_source_text", pa.string()),
     ]
 )
 ATTRIBUTIONS = pa.schema(
