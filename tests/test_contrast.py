@@ -247,3 +247,34 @@ def test_every_inseq_step_function_is_registered():
     }  # fmt: skip
     assert inseq_ids <= set(inseq.list_step_functions())
     assert {n for n, f in STEP_FUNCTIONS.items() if is_contrastive(f)} == set(CONTRASTIVE)
+
+
+def test_mc_dropout_equals_the_z_score_of_seeded_dropout_forwards(bart):
+    """Same seed, same forwards: (p - mean p~) / std p~ from the model's own forward in train mode."""
+    source = BART_SOURCES[0]
+    target = _targets(bart, [source])[0]
+    torch.manual_seed(123)
+    out = bart.attribute([source], [target], step_scores=["mc_dropout_prob_avg", "probability"], n_mcd_steps=3,
+                         show_progress=False)[0]  # fmt: skip
+    src_ids, tgt_ids, start = embed_pieces(bart, source, target)
+    torch.manual_seed(123)
+    bart.model.train()
+    try:
+        with torch.no_grad():
+            runs = [
+                bart.model(input_ids=src_ids[None], decoder_input_ids=tgt_ids[None], use_cache=False).logits[0]
+                for _ in range(3)
+            ]
+    finally:
+        bart.model.eval()
+    positions = torch.arange(start, len(tgt_ids))
+    noisy = torch.stack([r.float().softmax(-1)[positions - 1, tgt_ids[positions]] for r in runs])  # (3, steps)
+    want = (out.step_scores["probability"] - noisy.mean(0)) / noisy.std(0)
+    assert noisy.std(0).min() > 0  # dropout really varied the forwards
+    assert torch.allclose(out.step_scores["mc_dropout_prob_avg"], want, rtol=1e-3, atol=1e-3)
+
+
+def test_mc_dropout_as_attributed_fn_gives_finite_attributions(bart):
+    out = bart.attribute(BART_SOURCES, attributed_fn="mc_dropout_prob_avg", n_mcd_steps=3, show_progress=False)
+    assert all(torch.isfinite(s.source_attributions).all() for s in out)
+    assert not any(m.training for m in bart.model.modules())
