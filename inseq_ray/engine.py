@@ -282,10 +282,22 @@ class MethodContext:
         return out
 
     @torch.no_grad()
-    def attributed_values(self, embeds: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, T) attributed function at other inputs (e.g. the baseline), one no-grad forward."""
-        states = self.adapter.states(self.forward_inputs(embeds, 1))
-        return self.step_values(self.fn, self.fn_kwargs, gather_rows(states, self.plan.positions - 1), attributed=True)
+    def attributed_values(self, embeds: dict[str, torch.Tensor], r: int = 1) -> torch.Tensor:
+        """(R*B, T) attributed function at other inputs (baselines, perturbations): one no-grad forward of R
+        stacked copies (``embeds``: name -> (R*B, L, H); sides not given embed their own ids). Empty cells: 0."""
+        states = self.adapter.states(self.forward_inputs(embeds, r))
+        plan = self.plan.repeat(r)
+        rows = gather_rows(states, plan.positions - 1).flatten(0, 1)  # (RB*T, H)
+        tgt, steps = plan.target_ids.flatten(), plan.positions.shape[1]
+        chunk = max(1, HEAD_CHUNK_ELEMENTS // max(1, self.vocab_size))
+        values = torch.empty(rows.shape[0], device=rows.device, dtype=torch.float32)
+        for s in range(0, rows.shape[0], chunk):
+            k = torch.arange(s, min(s + chunk, rows.shape[0]), device=rows.device)
+            contrast, extras = self.step_context.rows(((k // steps) % self.batch.size, k % steps))
+            args = StepFunctionArgs(self.adapter.head(rows[s : s + chunk]), tgt[s : s + chunk], contrast, True, extras)
+            values[s : s + chunk] = self.fn(args, **self.fn_kwargs).float()
+        values = values.view(plan.valid.shape)
+        return torch.where(plan.valid, values, torch.zeros_like(values))
 
 
 def gather_rows(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ model does to its embeddings after the lookup (scaling, positions from ids) is p
 from __future__ import annotations
 
 import torch
-from captum.attr import DeepLift, InputXGradient, IntegratedGradients, Saliency
+from captum.attr import DeepLift, InputXGradient, IntegratedGradients, Occlusion, Saliency
 from torch import nn
 
 import inseq_ray.step_scores as ss
@@ -132,7 +132,8 @@ def naive_attribute(
 
 
 def _pad_nan(a: torch.Tensor, length: int) -> torch.Tensor:
-    out = torch.full((length, a.shape[-1]), float("nan"))
+    """(p, *extra) -> (length, *extra), NaN past p."""
+    out = torch.full((length, *a.shape[1:]), float("nan"))
     out[: a.shape[0]] = a
     return out
 
@@ -148,6 +149,11 @@ def _captum(step, method, inputs, bases, shap_draws, names, **kw):
         return DeepLift(step).attribute(inputs, baselines=bases)
     if method == "gradient_shap":
         return _gradient_shap(step, inputs, bases, shap_draws, names)
+    if method == "occlusion":  # Inseq: a (1, hidden) window per input, then the first slice's absolute value
+        windows = tuple((1, x.shape[-1]) for x in inputs)
+        with torch.no_grad():
+            attrs = Occlusion(step).attribute(inputs, sliding_window_shapes=windows, baselines=bases)
+        return tuple(a[..., 0].abs() for a in attrs)
     raise ValueError(method)
 
 

@@ -17,6 +17,7 @@ METHODS = {
     "integrated_gradients": {"n_steps": 8},
     "deeplift": {},
     "gradient_shap": {"n_samples": 3, "stdevs": 0.1},
+    "occlusion": {"patterns_per_forward": 4},
 }
 CASES = [("gpt2", True), ("bart", False), ("bart", True), ("llama", True), ("t5", True), ("marian", True)]
 

@@ -26,6 +26,7 @@ METHODS = {
     "integrated_gradients": {"n_steps": 4},
     "deeplift": {},
     "gradient_shap": {"n_samples": 2, "stdevs": 0.1},
+    "occlusion": {"patterns_per_forward": 4},
 }
 
 NO_REFERENCE = {

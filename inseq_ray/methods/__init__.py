@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from inseq_ray.methods.attention import attention
 from inseq_ray.methods.gradient import deeplift, gradient_shap, input_x_gradient, integrated_gradients, saliency
+from inseq_ray.methods.perturbation import occlusion
 from inseq_ray.registry import lookup, register
 
 AttributionMethod = Callable[..., object]
@@ -17,6 +18,7 @@ METHODS: dict[str, AttributionMethod] = {
     "deeplift": deeplift,
     "gradient_shap": gradient_shap,
     "attention": attention,
+    "occlusion": occlusion,
 }
 
 
@@ -25,6 +27,7 @@ METHOD_COPIES: dict[str, Callable[[dict], int]] = {
     "integrated_gradients": lambda kw: int(kw.get("n_steps", 50)),
     "deeplift": lambda kw: 2,
     "gradient_shap": lambda kw: int(kw.get("n_samples", 5)),
+    "occlusion": lambda kw: int(kw.get("patterns_per_forward", 16)),
 }
 
 
