@@ -22,6 +22,7 @@ METHODS: dict[str, dict] = {
     "deeplift": {},
     "gradient_shap": {"n_samples": 10, "stdevs": 0.0},
     "attention": {},
+    "occlusion": {},
 }
 
 
