@@ -10,6 +10,7 @@ runs for every step). Everything stays on the device until the caller copies the
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import torch
 
 from inseq_ray.models.adapter import ForwardInputs, ModelAdapter
 from inseq_ray.models.encoding import EncodedBatch
+from inseq_ray.models.layers import LayerSite, captured, check_activation, replaced, resolve_layer
 from inseq_ray.step_scores import ContrastRows, StepFunction, StepFunctionArgs
 
 HEAD_CHUNK_ELEMENTS = 2**26  # max logits materialised at once when pushing rows through the head
@@ -110,6 +112,8 @@ class MethodContext:
         self._input_rows: torch.Tensor | None = None  # (B, T, H) state rows at the real input
         self._input_logits: torch.Tensor | None = None  # (B, T, V) logits at the real input
         self.step_context = StepContext()  # filled by attribute() before the method runs
+        self.site: LayerSite | None = None  # a layer's output as the attributed input (see at_layer)
+        self.context_embeds: dict[str, torch.Tensor] = {}  # layer context: (R*B, L, H) inputs under the layer
 
     def attributed_embeds(self) -> dict[str, torch.Tensor]:
         """name -> (B, L, H) embeddings of the attributed inputs."""
@@ -142,6 +146,38 @@ class MethodContext:
             source_embeds=embeds.get("source"),
         )
 
+    def states(self, embeds: dict[str, torch.Tensor], r: int, length: int | None = None) -> torch.Tensor:
+        """The forward of R stacked copies with ``embeds`` substituted: at the embedding modules, or, in a layer
+        context, at the layer's output (the target side truncated to ``length`` like the ids)."""
+        if self.site is None:
+            return self.adapter.states(self.forward_inputs(embeds, r, length))
+        inputs = self.forward_inputs(self.context_embeds, r, length)
+        if self.site.side not in embeds:
+            return self.adapter.states(inputs)
+        value = embeds[self.site.side]
+        value = value[:, :length] if self.site.side == "target" else value
+        with replaced(self.site, value):
+            return self.adapter.states(inputs)
+
+    def at_layer(self, target_layer) -> MethodContext:
+        """This batch with a layer's output as the attributed input: ``embeds``/``baselines`` become the layer's
+        output at the inputs and at the baselines (captum's layer methods), on the layer's side."""
+        site = resolve_layer(self.adapter, target_layer)
+        b = self.batch
+        length = (b.source_ids if site.side == "source" else b.target_ids).shape[1]
+        with torch.no_grad():
+            with captured(site) as seen:
+                self.adapter.states(self.forward_inputs({}, 1))
+            at_input = check_activation(site, seen, b.size, length)
+            with captured(site) as seen:
+                self.adapter.states(self.forward_inputs({k: self.baselines[k] for k in self.attributed}, 1))
+            at_baseline = check_activation(site, seen, b.size, length)
+        layer = copy.copy(self)
+        layer.site, layer.attributed = site, (site.side,)
+        layer.embeds, layer.baselines = {site.side: at_input}, {site.side: at_baseline}
+        layer._input_rows = layer._input_logits = None
+        return layer
+
     def step_blocks(self) -> list[tuple[int, int]]:
         """Contiguous step ranges, one forward each (one range unless ``blocks`` > 1)."""
         t = self.n_steps
@@ -172,7 +208,7 @@ class MethodContext:
             sub = plan.slice(t0, t1)
             length = int(sub.positions.max()) if self.blocks > 1 else None  # states up to the last p - 1
             with torch.enable_grad():
-                states = self.adapter.states(self.forward_inputs(leaves, r, length))  # (RB, L', H)
+                states = self.states(leaves, r, length)  # (RB, L', H)
                 rows = gather_rows(states, sub.positions - 1)  # (RB, T', H)
                 input_rows.append(rows[: self.batch.size].detach())
                 row_cot = self._row_cotangents(rows.detach(), sub, t0)  # (RB, T', H)
@@ -285,7 +321,7 @@ class MethodContext:
     def attributed_values(self, embeds: dict[str, torch.Tensor], r: int = 1) -> torch.Tensor:
         """(R*B, T) attributed function at other inputs (baselines, perturbations): one no-grad forward of R
         stacked copies (``embeds``: name -> (R*B, L, H); sides not given embed their own ids). Empty cells: 0."""
-        states = self.adapter.states(self.forward_inputs(embeds, r))
+        states = self.states(embeds, r)
         plan = self.plan.repeat(r)
         rows = gather_rows(states, plan.positions - 1).flatten(0, 1)  # (RB*T, H)
         tgt, steps = plan.target_ids.flatten(), plan.positions.shape[1]

@@ -11,7 +11,16 @@ model does to its embeddings after the lookup (scaling, positions from ids) is p
 from __future__ import annotations
 
 import torch
-from captum.attr import DeepLift, InputXGradient, IntegratedGradients, Occlusion, Saliency
+from captum.attr import (
+    DeepLift,
+    InputXGradient,
+    IntegratedGradients,
+    LayerDeepLift,
+    LayerGradientXActivation,
+    LayerIntegratedGradients,
+    Occlusion,
+    Saliency,
+)
 from torch import nn
 
 import inseq_ray.step_scores as ss
@@ -129,6 +138,45 @@ def naive_attribute(
     src = torch.stack(src_cols, 1) if src_cols else None
     tgt = torch.stack(tgt_cols, 1) if tgt_cols else None
     return src, tgt
+
+
+LAYER_METHODS = {
+    "layer_gradient_x_activation": LayerGradientXActivation,
+    "layer_integrated_gradients": LayerIntegratedGradients,
+    "layer_deeplift": LayerDeepLift,
+}
+
+
+def naive_layer_attribute(am, source: str, target: str, method: str, layer: str, attribute_target: bool, **kw):
+    """Per step p: captum's layer ``method`` on the prefix forward, attributing ``layer``'s output (the module
+    named so). Returns (src (S, n, H) | None, tgt (L, n, H) | None): the side the layer's rows are."""
+    model = am.model
+    module = model.get_submodule(layer)
+    in_encoder = am.is_encoder_decoder and any(m is module for m in model.get_encoder().modules())
+    src_ids, tgt_ids, start = embed_pieces(am, source, target)
+    emb_s, emb_t = embedding_modules(model, am.is_encoder_decoder)
+    names = ("source", "target") if attribute_target else ("source",)
+    names = names if am.is_encoder_decoder else ("target",)
+    cols = []
+    for p in range(start, len(tgt_ids)):
+        prefix = tgt_ids[:p]
+        with torch.no_grad():
+            x = {"target": emb_t(prefix[None]), "source": emb_s(src_ids[None]) if emb_s is not None else None}
+            b = {
+                "target": emb_t(baseline(am, prefix[None], keep_first=am.is_encoder_decoder)),
+                "source": emb_s(baseline(am, src_ids[None])) if emb_s is not None else None,
+            }
+        inputs, bases = tuple(x[n] for n in names), tuple(b[n] for n in names)
+        step = PrefixStep(model, am.is_encoder_decoder, src_ids, prefix, int(tgt_ids[p]), names)
+        explainer = LAYER_METHODS[method](step, module)
+        if method == "layer_gradient_x_activation":
+            attr = explainer.attribute(inputs)
+        else:
+            attr = explainer.attribute(inputs, baselines=bases, **kw)
+        attr = attr[0] if isinstance(attr, (tuple, list)) else attr
+        cols.append(attr[0].detach() if in_encoder else _pad_nan(attr[0].detach(), len(tgt_ids)))
+    stacked = torch.stack(cols, 1)
+    return (stacked, None) if in_encoder else (None, stacked)
 
 
 def _pad_nan(a: torch.Tensor, length: int) -> torch.Tensor:
