@@ -106,6 +106,18 @@ def next_logits(am, src_ids, prefix_ids) -> torch.Tensor:
         return am.model(input_ids=prefix_ids[None], use_cache=False).logits[0, -1]
 
 
+def _step_inputs(am, src_ids, prefix, names) -> tuple[tuple, tuple]:
+    """The embeddings of the named sides for one prefix, and their baselines (as Inseq forms them)."""
+    emb_s, emb_t = embedding_modules(am.model, am.is_encoder_decoder)
+    with torch.no_grad():
+        x = {"target": emb_t(prefix[None]), "source": emb_s(src_ids[None]) if emb_s is not None else None}
+        b = {
+            "target": emb_t(baseline(am, prefix[None], keep_first=am.is_encoder_decoder)),
+            "source": emb_s(baseline(am, src_ids[None])) if emb_s is not None else None,
+        }
+    return tuple(x[n] for n in names), tuple(b[n] for n in names)
+
+
 def naive_attribute(
     am, source: str, target: str, method: str, attribute_target: bool, shap_draws=None, fn_for_step=None, **kw
 ):
@@ -115,19 +127,12 @@ def naive_attribute(
     """
     model = am.model
     src_ids, tgt_ids, start = embed_pieces(am, source, target)
-    emb_s, emb_t = embedding_modules(model, am.is_encoder_decoder)
     names = ("source", "target") if attribute_target else ("source",)
     names = names if am.is_encoder_decoder else ("target",)
     src_cols, tgt_cols = [], []
     for p in range(start, len(tgt_ids)):
         prefix = tgt_ids[:p]
-        with torch.no_grad():
-            x = {"target": emb_t(prefix[None]), "source": emb_s(src_ids[None]) if emb_s is not None else None}
-            b = {
-                "target": emb_t(baseline(am, prefix[None], keep_first=am.is_encoder_decoder)),
-                "source": emb_s(baseline(am, src_ids[None])) if emb_s is not None else None,
-            }
-        inputs, bases = tuple(x[n] for n in names), tuple(b[n] for n in names)
+        inputs, bases = _step_inputs(am, src_ids, prefix, names)
         fn = fn_for_step(p) if fn_for_step is not None else ss.probability_fn
         step = PrefixStep(model, am.is_encoder_decoder, src_ids, prefix, int(tgt_ids[p]), names, fn)
         attrs = dict(zip(names, _captum(step, method, inputs, bases, shap_draws, names, **kw)))
@@ -154,19 +159,12 @@ def naive_layer_attribute(am, source: str, target: str, method: str, layer: str,
     module = model.get_submodule(layer)
     in_encoder = am.is_encoder_decoder and any(m is module for m in model.get_encoder().modules())
     src_ids, tgt_ids, start = embed_pieces(am, source, target)
-    emb_s, emb_t = embedding_modules(model, am.is_encoder_decoder)
     names = ("source", "target") if attribute_target else ("source",)
     names = names if am.is_encoder_decoder else ("target",)
     cols = []
     for p in range(start, len(tgt_ids)):
         prefix = tgt_ids[:p]
-        with torch.no_grad():
-            x = {"target": emb_t(prefix[None]), "source": emb_s(src_ids[None]) if emb_s is not None else None}
-            b = {
-                "target": emb_t(baseline(am, prefix[None], keep_first=am.is_encoder_decoder)),
-                "source": emb_s(baseline(am, src_ids[None])) if emb_s is not None else None,
-            }
-        inputs, bases = tuple(x[n] for n in names), tuple(b[n] for n in names)
+        inputs, bases = _step_inputs(am, src_ids, prefix, names)
         step = PrefixStep(model, am.is_encoder_decoder, src_ids, prefix, int(tgt_ids[p]), names)
         explainer = LAYER_METHODS[method](step, module)
         if method == "layer_gradient_x_activation":
