@@ -351,6 +351,7 @@ class AttributionModel:
         Returns the contrastive token labels of each sequence (target position -> label), if any."""
         fns = [(settings.fn, settings.fn_kw, True)]
         fns += [(f, settings.scores_kw.get(n, {}), False) for n, f in settings.score_fns.items()]
+        labels = None
         if settings.contrast is not None:
             need_logits = any(
                 is_contrastive(f) and (not attributed or settings.contrast.force_inputs) for f, _, attributed in fns
@@ -360,10 +361,11 @@ class AttributionModel:
             )
             ctx.step_context.contrast_ids, ctx.step_context.contrast_logits = contrast.ids, contrast.logits
             ctx.step_context.force_inputs = settings.contrast.force_inputs
+            labels = contrast.labels if settings.contrast.targets is not None else None
         for f, kw, _ in fns:
             if hasattr(f, "prepare"):
                 ctx.step_context.extras.update(f.prepare(ctx, **kw))
-        return contrast.labels if settings.contrast is not None and settings.contrast.targets is not None else None
+        return labels
 
 
 def plan_batches(lengths: list[int], batch_size: int, max_row_tokens: int | None = None) -> list[list[int]]:

@@ -147,12 +147,13 @@ def prepare_contrast(
         js = _aligned_positions(pairs, starts[b], ends[b], len(contrast[b]), b, identity=spec.targets is None)
         aligned[b, : len(js)] = torch.tensor(js)
         labels.append(_labels(tokenizer, originals[b], contrast[b], starts[b], js) if spec.targets else {})
-    ids_padded, mask = pad_right(contrast, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
-    ids_padded, mask, aligned = (
-        ids_padded.to(batch.target_ids.device),
-        mask.to(batch.target_ids.device),
-        aligned.to(batch.target_ids.device),
-    )
+    device = batch.target_ids.device
+    if spec.targets is None:  # the batch's own targets, already padded on the device
+        ids_padded, mask = batch.target_ids, batch.target_mask
+    else:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids_padded, mask = (t.to(device) for t in pad_right(contrast, pad))
+    aligned = aligned.to(device)
     contrast_ids = ids_padded.gather(1, aligned)  # (B, T)
     logits = None
     if need_logits:

@@ -230,7 +230,7 @@ class MethodContext:
         steps = rows.shape[1]
         for s in range(0, flat.shape[0], chunk):
             k = torch.arange(s, min(s + chunk, flat.shape[0]), device=flat.device)  # flat cell indices
-            contrast, extras = self.step_context.rows(((k // steps) % self.batch.size, t0 + k % steps))
+            contrast, extras = self._cell_data(k, steps, t0)
             leaf = flat[s : s + chunk].detach().requires_grad_(True)
             args = StepFunctionArgs(self.adapter.head(leaf), tgt[s : s + chunk], contrast, True, extras)
             f = self.fn(args, **self.fn_kwargs)
@@ -238,6 +238,10 @@ class MethodContext:
             (out[s : s + chunk],) = torch.autograd.grad(f.sum(), leaf)
         out = torch.where(valid[:, None], out, torch.zeros_like(out))  # empty cells contribute nothing, even NaN
         return out.view_as(rows).to(rows.dtype)
+
+    def _cell_data(self, k: torch.Tensor, steps: int, t0: int = 0):
+        """Step-function data of flat cell indices ``k`` (N,) over (R*B, steps) rows starting at step ``t0``."""
+        return self.step_context.rows(((k // steps) % self.batch.size, t0 + k % steps))
 
     def _vjps(self, states, leaves, plan, row_cot, keep: Callable[[tuple], None]) -> None:
         """T VJPs from the state rows back to the leaves (a loop, or one vmapped call); ``keep`` gets each."""
@@ -285,13 +289,7 @@ class MethodContext:
         else:
             rows = self.input_rows() if rows is None else rows
             logits = self.adapter.head(rows.flatten(0, 1))
-        b, t = (
-            i.flatten()
-            for i in torch.meshgrid(
-                *(torch.arange(n, device=logits.device) for n in self.plan.valid.shape), indexing="ij"
-            )
-        )
-        contrast, extras = self.step_context.rows((b, t))
+        contrast, extras = self._cell_data(torch.arange(logits.shape[0], device=logits.device), self.n_steps)
         args = StepFunctionArgs(logits, self.plan.target_ids.flatten(), contrast, attributed, extras)
         values = fn(args, **kwargs).view(self.plan.valid.shape)
         return torch.where(self.plan.valid, values.float(), torch.full_like(values.float(), float("nan")))
@@ -329,7 +327,7 @@ class MethodContext:
         values = torch.empty(rows.shape[0], device=rows.device, dtype=torch.float32)
         for s in range(0, rows.shape[0], chunk):
             k = torch.arange(s, min(s + chunk, rows.shape[0]), device=rows.device)
-            contrast, extras = self.step_context.rows(((k // steps) % self.batch.size, k % steps))
+            contrast, extras = self._cell_data(k, steps)
             args = StepFunctionArgs(self.adapter.head(rows[s : s + chunk]), tgt[s : s + chunk], contrast, True, extras)
             values[s : s + chunk] = self.fn(args, **self.fn_kwargs).float()
         values = values.view(plan.valid.shape)
