@@ -82,6 +82,8 @@ def time_engine(am, src, tgt, args) -> tuple[float, int]:
     }
     if args.method == "integrated_gradients":
         kw.update(n_steps=args.ig_steps, internal_batch_size=args.internal_batch_size)
+    if args.patterns_per_forward:
+        kw.update(patterns_per_forward=args.patterns_per_forward)
     am.attribute(src[: args.batch_size], tgt[: args.batch_size], **kw)  # warm-up
     sync(am)
     t0 = time.perf_counter()
@@ -91,13 +93,17 @@ def time_engine(am, src, tgt, args) -> tuple[float, int]:
 
 
 def time_naive(am, src, tgt, args) -> tuple[float, int]:
-    from tests.naive import naive_attribute
+    from tests.naive import naive_attribute, naive_value_zeroing
 
     kw = {"n_steps": args.ig_steps} if args.method == "integrated_gradients" else {}
     tokens = 0
     t0 = time.perf_counter()
     for s, t in zip(src, tgt, strict=True):
-        a_src, a_tgt = naive_attribute(am, s, t, args.method, not am.is_encoder_decoder, **kw)
+        if args.method == "value_zeroing":  # per step, per layer, per token: one forward each
+            side = "source" if am.is_encoder_decoder else "target"
+            a_src, a_tgt = naive_value_zeroing(am, s, t, side), None
+        else:
+            a_src, a_tgt = naive_attribute(am, s, t, args.method, not am.is_encoder_decoder, **kw)
         tokens += (a_src if a_src is not None else a_tgt).shape[1]
     sync(am)
     return time.perf_counter() - t0, tokens
@@ -118,6 +124,7 @@ def main() -> None:
     p.add_argument("--naive-sentences", type=int, default=8, help="sentences for the naive reference (0: skip)")
     p.add_argument("--ig-steps", type=int, default=50)
     p.add_argument("--internal-batch-size", type=int, default=None)
+    p.add_argument("--patterns-per-forward", type=int, default=None, help="occlusion / value_zeroing stacking")
     p.add_argument("--vjp", default="loop", choices=["loop", "batched"])
     p.add_argument("--step-blocks", type=int, default=None, help="forwards per batch (default: 1 on GPUs, 4 on CPUs)")
     p.add_argument("--device", default=None)

@@ -215,3 +215,113 @@ def _gradient_shap(step, inputs, bases, draws, names):
         for i, (g, xn, b) in enumerate(zip(grads, noisy, bases)):
             total[i] += (xn - b) * g
     return tuple(t / alphas.shape[0] for t in total)
+
+
+# ---- value zeroing -----------------------------------------------------------------------------------------
+def _decoder_block_list(model, is_enc_dec: bool) -> nn.ModuleList:
+    """The decoder's transformer blocks, by each family's attribute names."""
+    root = model.get_decoder() if is_enc_dec else model.base_model
+    for path in ("layers", "block", "h", "decoder.layers"):
+        try:
+            return root.get_submodule(path)
+        except AttributeError:
+            continue
+    raise ValueError(type(root).__name__)
+
+
+def _value_zeroer(model, block: nn.Module, kind: str, token: int, heads: list[int] | None):
+    """(module, forward hook) zeroing ``token``'s value vectors (of ``heads``, default all) in the block's
+    self- or cross-attention, from each family's modeling code (batch of one; FSMT runs time-first)."""
+    cfg = model.config.get_text_config()
+    family = cfg.model_type
+    n_heads = cfg.num_attention_heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+
+    def plain(out):  # (1, L, kv_heads * hd), or FSMT's (L, 1, D)
+        out = out.clone()
+        view = out.transpose(0, 1) if family == "fsmt" else out
+        for h in heads if heads is not None else range(view.shape[-1] // hd):
+            view[0, token, h * hd : (h + 1) * hd] = 0
+        return out
+
+    def gpt2(out):  # c_attn: q | k | v
+        out = out.clone()
+        e = out.shape[-1] // 3
+        for h in heads if heads is not None else range(n_heads):
+            out[0, token, 2 * e + h * hd : 2 * e + (h + 1) * hd] = 0
+        return out
+
+    def per_head(out):  # NeoX / Bloom: (heads, q k v, hd)
+        out = out.clone()
+        view = out.view(1, out.shape[1], n_heads, 3, hd)
+        view[0, token, heads if heads is not None else slice(None), 2] = 0
+        return out
+
+    def falcon_mq(out):  # Falcon multi-query: (q heads..., k, v)
+        out = out.clone()
+        out.view(1, out.shape[1], n_heads + 2, hd)[0, token, -1] = 0
+        return out
+
+    if family == "t5":
+        name = "layer.0.SelfAttention.v" if kind == "self" else "layer.1.EncDecAttention.v"
+        fn = plain
+    elif family == "gpt2":
+        name, fn = "attn.c_attn", gpt2
+    elif family in ("gpt_neox", "bloom"):
+        name = "attention.query_key_value" if family == "gpt_neox" else "self_attention.query_key_value"
+        fn = per_head
+    elif family == "falcon":
+        name, fn = "self_attention.query_key_value", falcon_mq
+    else:
+        name, fn = ("self_attn.v_proj" if kind == "self" else "encoder_attn.v_proj"), plain
+    return block.get_submodule(name), lambda module, args, out: fn(out)
+
+
+def naive_value_zeroing(
+    am, source: str, target: str, side: str, metric: str = "cosine", heads: dict | None = None, threshold=1e-5
+) -> torch.Tensor:
+    """Value zeroing per step on the prefix forward, one layer zeroed at a time (the layers before it untouched,
+    so its input is clean), layer outputs from the model's own ``output_hidden_states`` (the last one after any
+    final norm). ``heads``: {layer: value heads} zeroed (None: all heads of every layer).
+
+    Returns (tokens of ``side``, n_steps, n_layers): distances thresholded and normalised over the side's tokens
+    per (step, layer); target tokens from the step on are NaN."""
+    model, enc_dec = am.model, am.is_encoder_decoder
+    src_ids, tgt_ids, start = embed_pieces(am, source, target)
+    blocks = _decoder_block_list(model, enc_dec)
+    kind = "cross" if side == "source" else "self"
+    n_tokens = len(src_ids) if side == "source" else len(tgt_ids)
+
+    def hidden(prefix):
+        with torch.no_grad():
+            if enc_dec:
+                out = model(
+                    input_ids=src_ids[None], decoder_input_ids=prefix[None], output_hidden_states=True, use_cache=False
+                )
+                return out.decoder_hidden_states
+            return model(input_ids=prefix[None], output_hidden_states=True, use_cache=False).hidden_states
+
+    cols = []
+    for p in range(start, len(tgt_ids)):
+        prefix = tgt_ids[:p]
+        clean = hidden(prefix)
+        scores = torch.full((n_tokens, len(blocks)), float("nan"))
+        for layer, block in enumerate(blocks):
+            chosen = None if heads is None else heads.get(layer, [])
+            for j in range(len(src_ids) if side == "source" else p):
+                if chosen == []:
+                    scores[j, layer] = 0.0
+                    continue
+                module, hook = _value_zeroer(model, block, kind, j, chosen)
+                handle = module.register_forward_hook(hook)
+                try:
+                    corrupted = hidden(prefix)
+                finally:
+                    handle.remove()
+                a, b = clean[layer + 1][0, -1].double(), corrupted[layer + 1][0, -1].double()
+                d = 1 - torch.cosine_similarity(a, b, dim=0) if metric == "cosine" else (a - b).norm()
+                scores[j, layer] = d
+        scores = torch.where(scores < threshold, torch.zeros_like(scores), scores)
+        total = scores.nansum(0, keepdim=True)
+        cols.append(scores / torch.where(total == 0, torch.ones_like(total), total))
+    return torch.stack(cols, 1)

@@ -113,6 +113,14 @@ class ModelAdapter:
             logits = torch.tanh(logits / cap) * cap
         return logits
 
+    def last_hidden_states(self, inputs: ForwardInputs) -> torch.Tensor:
+        """(B, L, H') the decoder's last hidden state as ``output_hidden_states`` reports it (after the final norm
+        or projection of families that have one; FSMT: its last layer's output)."""
+        with self._substituted(inputs):
+            model = self.model.base_model if self.mode == "split" else self.model
+            out = model(**self._model_kwargs(inputs), output_hidden_states=True)
+        return (out.decoder_hidden_states if self.is_encoder_decoder else out.hidden_states)[-1]
+
     def attention_forward(self, inputs: ForwardInputs) -> object:
         """One forward from ids returning attention weights (model output with ``*attentions``)."""
         with eager_attention(self.model), self._substituted(inputs):

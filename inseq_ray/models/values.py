@@ -1,0 +1,212 @@
+"""Where a model keeps its attention value vectors, and forwards with some of them zeroed (value zeroing).
+
+A :class:`ValueSite` is the module whose output holds one attention's value vectors (``v_proj``, T5's ``v``,
+or a fused q/k/v projection) and the columns of that output that are the values of each value head. Zeroing
+token j's values is then a forward hook that multiplies those columns of row j by 0: no frame tracing, no
+change to the model, hooks removed on exit (also on error). Block outputs can be captured and replaced in the
+same forward (:func:`patched_blocks`), so that each layer sees the clean output of the layer before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from inseq_ray.models.adapter import ModelAdapter
+
+SELF_ATTENTION = ("self_attn", "attn", "attention", "self_attention", "layer.0.SelfAttention", "attn.attention")
+CROSS_ATTENTION = ("encoder_attn", "layer.1.EncDecAttention", "crossattention")
+VALUE_PROJECTIONS = ("v_proj", "v", "value", "v_lin")
+FUSED_PROJECTIONS = ("c_attn", "query_key_value", "qkv_proj", "Wqkv")
+
+
+@dataclass(frozen=True)
+class ValueSite:
+    """module's output (rows, tokens, D) holds value heads 0..n_heads-1: head h is columns
+    ``offset + h * group + (group - head_dim) + arange(head_dim)`` (a plain projection: group = head_dim)."""
+
+    module: nn.Module
+    name: str
+    n_heads: int
+    head_dim: int
+    offset: int = 0
+    group: int = 0
+
+    def columns(self, heads: Sequence[int]) -> torch.Tensor:
+        """(len(heads) * head_dim,) column indices of the given value heads."""
+        group = self.group or self.head_dim
+        base = torch.tensor([self.offset + h * group + group - self.head_dim for h in heads])
+        return (base[:, None] + torch.arange(self.head_dim)[None]).flatten()
+
+
+def block_stack(module: nn.Module) -> nn.ModuleList:
+    """The first ``nn.ModuleList`` under ``module`` (depth first): a decoder's transformer blocks."""
+    for child in module.children():
+        if isinstance(child, nn.ModuleList):
+            return child
+        found = _maybe_block_stack(child)
+        if found is not None:
+            return found
+    raise ValueError(f"{type(module).__name__} has no stack of transformer blocks (nn.ModuleList).")
+
+
+def _maybe_block_stack(module: nn.Module) -> nn.ModuleList | None:
+    try:
+        return block_stack(module)
+    except ValueError:
+        return None
+
+
+def decoder_blocks(adapter: ModelAdapter) -> nn.ModuleList:
+    """The blocks of the decoder (decoder-only: of the model), in order."""
+    model = adapter.model
+    return block_stack(model.get_decoder() if adapter.is_encoder_decoder else model.base_model)
+
+
+def value_sites(adapter: ModelAdapter, blocks: nn.ModuleList, kind: str) -> list[ValueSite]:
+    """One :class:`ValueSite` per block: its self-attention (``kind="self"``) or cross-attention (``"cross"``)."""
+    names = SELF_ATTENTION if kind == "self" else CROSS_ATTENTION
+    return [_site(adapter, block, names, f"{kind}-attention of block {i}") for i, block in enumerate(blocks)]
+
+
+def _site(adapter: ModelAdapter, block: nn.Module, attention_names: tuple[str, ...], what: str) -> ValueSite:
+    config = adapter.model.config.get_text_config()
+    attention = next((block.get_submodule(n) for n in attention_names if _has(block, n)), None)
+    if attention is None:
+        raise ValueError(
+            f"value_zeroing: no {what} in {type(block).__name__} (looked for {', '.join(attention_names)})."
+        )
+    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0))
+    head_dim = int(getattr(config, "head_dim", 0) or config.hidden_size // heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", 0) or heads)
+    for n in VALUE_PROJECTIONS:
+        if _has(attention, n) and isinstance(attention.get_submodule(n), nn.Module):
+            module = attention.get_submodule(n)
+            return ValueSite(module, n, _out_features(module) // head_dim, head_dim)
+    for n in FUSED_PROJECTIONS:
+        if _has(attention, n):
+            return _fused(attention.get_submodule(n), n, config, heads, kv_heads, head_dim)
+    raise ValueError(
+        f"value_zeroing: {type(attention).__name__} ({what}) has none of the value projections "
+        f"{', '.join(VALUE_PROJECTIONS + FUSED_PROJECTIONS)}: its family is not supported yet."
+    )
+
+
+def _fused(module: nn.Module, name: str, config, heads: int, kv_heads: int, head_dim: int) -> ValueSite:
+    """A fused q/k/v projection: where the values sit in its output, per the family's layout."""
+    width = _out_features(module)
+    kind = config.model_type
+    if kind == "gpt2" or name == "c_attn":  # q | k | v, each heads * head_dim
+        return ValueSite(module, name, heads, head_dim, offset=2 * width // 3)
+    if name in ("qkv_proj", "Wqkv"):  # q (heads) | k (kv) | v (kv)
+        return ValueSite(module, name, kv_heads, head_dim, offset=(heads + kv_heads) * head_dim)
+    if kind == "falcon" and getattr(config, "new_decoder_architecture", False):  # kv groups of (q..., k, v)
+        groups = int(getattr(config, "num_kv_heads", None) or heads)
+        return ValueSite(module, name, groups, head_dim, group=width // groups)
+    if kind == "falcon" and getattr(config, "multi_query", False):  # q heads, one k, one v
+        return ValueSite(module, name, 1, head_dim, group=width)
+    return ValueSite(module, name, heads, head_dim, group=3 * head_dim)  # per head (q, k, v): NeoX, Bloom, Falcon
+
+
+def _has(module: nn.Module, name: str) -> bool:
+    try:
+        module.get_submodule(name)
+        return True
+    except AttributeError:
+        return False
+
+
+def _out_features(module: nn.Module) -> int:
+    weight = getattr(module, "weight", None)
+    if weight is None:
+        raise ValueError(f"value_zeroing: cannot tell the width of {type(module).__name__}.")
+    return int(getattr(module, "out_features", 0) or getattr(module, "nf", 0) or weight.shape[0])
+
+
+@contextlib.contextmanager
+def zeroed(
+    sites: Sequence[ValueSite | None],
+    heads: Sequence[Sequence[int]],
+    positions: torch.Tensor,
+    batch: int,
+    time_first: bool = False,
+) -> Iterator[None]:
+    """Zero value vectors in the forward run inside, which stacks R = len(positions) copies of a batch of
+    ``batch`` rows: copy k has token ``positions[k]``'s values zeroed in every site (its heads ``heads[i]``).
+    A ``None`` site (or no heads) is left alone. Each site must run exactly once."""
+    calls: list[str] = []
+
+    def hook_for(site: ValueSite, cols: torch.Tensor):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            calls.append(site.name)
+            out = output.transpose(0, 1) if time_first else output  # (R*B, L, D)
+            mask = torch.ones((positions.numel(), out.shape[1], out.shape[2]), dtype=out.dtype, device=out.device)
+            r = torch.arange(positions.numel(), device=out.device)
+            mask[r[:, None], positions.to(out.device)[:, None], cols.to(out.device)[None]] = 0
+            masked = out * mask.repeat_interleave(batch, dim=0)
+            return masked.transpose(0, 1) if time_first else masked
+
+        return hook
+
+    active = [(s, h) for s, h in zip(sites, heads, strict=True) if s is not None and len(h)]
+    handles = [s.module.register_forward_hook(hook_for(s, s.columns(h))) for s, h in active]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(calls) != len(active):
+        raise ValueError(
+            f"value_zeroing: {len(calls)} value projections ran for {len(active)} attentions in one forward; "
+            "this family shares or loops its projections, which value zeroing does not support."
+        )
+
+
+@contextlib.contextmanager
+def patched_blocks(
+    blocks: Sequence[nn.Module], clean: Sequence[torch.Tensor], time_first: bool = False
+) -> Iterator[list[torch.Tensor]]:
+    """Record each block's output (batch-first (N, L, H)) in the forward run inside and pass ``clean[i]``
+    (N, L, H) on instead, so that every block sees its clean input. Yields the recorded outputs."""
+    seen: list[torch.Tensor] = []
+
+    def hook_for(value: torch.Tensor):
+        def hook(module: nn.Module, args: tuple, output):
+            first = output[0] if isinstance(output, tuple) else output
+            seen.append((first.transpose(0, 1) if time_first else first).detach())
+            new = (value.transpose(0, 1) if time_first else value).to(first.dtype)
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+
+        return hook
+
+    handles = [b.register_forward_hook(hook_for(v)) for b, v in zip(blocks, clean, strict=True)]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(seen) != len(blocks):
+        raise ValueError(f"value_zeroing: {len(seen)} of {len(blocks)} patched blocks ran in one forward.")
+
+
+@contextlib.contextmanager
+def recorded_blocks(blocks: Sequence[nn.Module], time_first: bool = False) -> Iterator[list[torch.Tensor]]:
+    """Record each block's output (batch-first (N, L, H)) in the forward run inside."""
+    seen: list[torch.Tensor] = []
+
+    def hook(module: nn.Module, args: tuple, output) -> None:
+        first = output[0] if isinstance(output, tuple) else output
+        seen.append((first.transpose(0, 1) if time_first else first).detach())
+
+    handles = [b.register_forward_hook(hook) for b in blocks]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(seen) != len(blocks):
+        raise ValueError(f"value_zeroing: {len(seen)} of {len(blocks)} blocks ran in one forward.")
