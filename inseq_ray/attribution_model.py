@@ -331,6 +331,7 @@ class AttributionModel:
         ctx = MethodContext(
             self.adapter, batch, attributed, settings.fn, settings.fn_kw, baselines, settings.vjp, settings.step_blocks
         )
+        ctx.token_ids = {"unk": self.tokenizer.unk_token_id, "pad": self.tokenizer.pad_token_id}
         labels = self._prepare_step_context(ctx, batch, settings, idx)
         result: MethodResult = settings.method_fn(ctx, **settings.method_kw)
         scores = {name: ctx.step_values(f, settings.scores_kw.get(name, {})) for name, f in settings.score_fns.items()}

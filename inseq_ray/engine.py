@@ -114,6 +114,7 @@ class MethodContext:
         self.step_context = StepContext()  # filled by attribute() before the method runs
         self.site: LayerSite | None = None  # a layer's output as the attributed input (see at_layer)
         self.context_embeds: dict[str, torch.Tensor] = {}  # layer context: (R*B, L, H) inputs under the layer
+        self.token_ids: dict[str, int | None] = {}  # the tokenizer's special ids ("unk", "pad") for perturbations
 
     def attributed_embeds(self) -> dict[str, torch.Tensor]:
         """name -> (B, L, H) embeddings of the attributed inputs."""

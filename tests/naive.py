@@ -325,3 +325,39 @@ def naive_value_zeroing(
         total = scores.nansum(0, keepdim=True)
         cols.append(scores / torch.where(total == 0, torch.ones_like(total), total))
     return torch.stack(cols, 1)
+
+
+# ---- LIME ---------------------------------------------------------------------------------------------------
+def naive_lime(am, source: str, target: str, keep: dict, attribute_target: bool, fill: int) -> tuple:
+    """LIME per step on the prefix forward, as Inseq's op (captum ``LimeBase`` + sklearn ``Ridge``): the samples
+    are the given keep-masks (name -> (S, tokens)) restricted to the step's inputs, each perturbed as
+    ``x * keep + (1 - keep) * fill``; features = the perturbed embedding values, weights = unchanged values.
+    Returns (src (S_len, n, H) | None, tgt (L, n, H) | None), NaN for target tokens past the prefix."""
+    from sklearn.linear_model import Ridge
+
+    src_ids, tgt_ids, start = embed_pieces(am, source, target)
+    names = (("source", "target") if attribute_target else ("source",)) if am.is_encoder_decoder else ("target",)
+    cols: dict[str, list] = {n: [] for n in names}
+    for p in range(start, len(tgt_ids)):
+        prefix = tgt_ids[:p]
+        inputs, _ = _step_inputs(am, src_ids, prefix, names)
+        step = PrefixStep(am.model, am.is_encoder_decoder, src_ids, prefix, int(tgt_ids[p]), names)
+        samples, ys, ws = [], [], []
+        for s in range(next(iter(keep.values())).shape[0]):
+            pert = []
+            for n, x in zip(names, inputs):
+                k = keep[n][s, : x.shape[1]].to(x.dtype)[None, :, None]
+                pert.append(x * k + (1 - k) * fill)
+            with torch.no_grad():
+                ys.append(float(step(*pert)))
+            ws.append(float(sum((a == x).sum() for a, x in zip(pert, inputs))))
+            samples.append(torch.cat([a.flatten() for a in pert]).double().numpy())
+        fit = Ridge(alpha=1.0).fit(samples, ys, sample_weight=ws)
+        coef, offset = torch.tensor(fit.coef_), 0
+        for n, x in zip(names, inputs):
+            size = x[0].numel()
+            c = coef[offset : offset + size].view(x.shape[1:]).float()
+            offset += size
+            cols[n].append(c if n == "source" else _pad_nan(c, len(tgt_ids)))
+    out = {n: torch.stack(v, 1) for n, v in cols.items()}
+    return out.get("source"), out.get("target")

@@ -114,7 +114,5 @@ def _heads(selection, sites: list[ValueSite]) -> list[list[int]]:
             if not isinstance(layer, int) or not -len(sites) <= layer < len(sites):
                 raise ValueError(f"zeroed_units_indices: layer {layer!r} out of range for {len(sites)} layers.")
         chosen = {k % len(sites): v for k, v in selection.items()}
-        return [
-            select_indices(chosen[i], s.n_heads, "value heads") if i in chosen else [] for i, s in enumerate(sites)
-        ]
+        return [select_indices(chosen[i], s.n_heads, "value heads") if i in chosen else [] for i, s in enumerate(sites)]
     return [select_indices(selection, s.n_heads, "value heads") for s in sites]

@@ -23,6 +23,8 @@ METHODS: dict[str, dict] = {
     "gradient_shap": {"n_samples": 10, "stdevs": 0.0},
     "attention": {},
     "occlusion": {},
+    "lime": {},
+    "value_zeroing": {},
     "layer_gradient_x_activation": {},  # default target_layer: the input embeddings
     "layer_integrated_gradients": {"n_steps": 20},
     "layer_deeplift": {},
