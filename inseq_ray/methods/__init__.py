@@ -7,8 +7,8 @@ from collections.abc import Callable
 from inseq_ray.methods.attention import attention
 from inseq_ray.methods.gradient import deeplift, gradient_shap, input_x_gradient, integrated_gradients, saliency
 from inseq_ray.methods.layer import layer_deeplift, layer_gradient_x_activation, layer_integrated_gradients
-from inseq_ray.methods.surrogate import lime
 from inseq_ray.methods.perturbation import occlusion
+from inseq_ray.methods.surrogate import lime
 from inseq_ray.methods.value_zeroing import value_zeroing
 from inseq_ray.registry import lookup, register
 
