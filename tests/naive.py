@@ -361,3 +361,24 @@ def naive_lime(am, source: str, target: str, keep: dict, attribute_target: bool,
             cols[n].append(c if n == "source" else _pad_nan(c, len(tgt_ids)))
     out = {n: torch.stack(v, 1) for n, v in cols.items()}
     return out.get("source"), out.get("target")
+
+
+# ---- sequential integrated gradients ------------------------------------------------------------------------
+def naive_sequential_ig(am, source: str, target: str, attribute_target: bool, n_steps: int) -> tuple:
+    """Inseq's own ``SequentialIntegratedGradients`` op on each step's prefix forward, per attributed side (the
+    other side at its input: each token's path moves that token alone). (src | None, tgt | None) as
+    ``naive_attribute``."""
+    from inseq.attr.feat.ops import SequentialIntegratedGradients
+
+    src_ids, tgt_ids, start = embed_pieces(am, source, target)
+    names = (("source", "target") if attribute_target else ("source",)) if am.is_encoder_decoder else ("target",)
+    cols: dict[str, list] = {n: [] for n in names}
+    for p in range(start, len(tgt_ids)):
+        prefix = tgt_ids[:p]
+        for name in names:
+            (x,), (b,) = _step_inputs(am, src_ids, prefix, (name,))
+            step = PrefixStep(am.model, am.is_encoder_decoder, src_ids, prefix, int(tgt_ids[p]), (name,))
+            attr = SequentialIntegratedGradients(step).attribute((x,), baselines=(b,), n_steps=n_steps)[0][0]
+            cols[name].append(attr.detach() if name == "source" else _pad_nan(attr.detach(), len(tgt_ids)))
+    out = {n: torch.stack(v, 1) for n, v in cols.items()}
+    return out.get("source"), out.get("target")

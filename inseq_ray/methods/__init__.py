@@ -8,6 +8,7 @@ from inseq_ray.methods.attention import attention
 from inseq_ray.methods.gradient import deeplift, gradient_shap, input_x_gradient, integrated_gradients, saliency
 from inseq_ray.methods.layer import layer_deeplift, layer_gradient_x_activation, layer_integrated_gradients
 from inseq_ray.methods.perturbation import occlusion
+from inseq_ray.methods.sequential import sequential_integrated_gradients
 from inseq_ray.methods.surrogate import lime
 from inseq_ray.methods.value_zeroing import value_zeroing
 from inseq_ray.registry import lookup, register
@@ -24,6 +25,7 @@ METHODS: dict[str, AttributionMethod] = {
     "occlusion": occlusion,
     "value_zeroing": value_zeroing,
     "lime": lime,
+    "sequential_integrated_gradients": sequential_integrated_gradients,
     "layer_gradient_x_activation": layer_gradient_x_activation,
     "layer_integrated_gradients": layer_integrated_gradients,
     "layer_deeplift": layer_deeplift,
@@ -37,6 +39,7 @@ METHOD_COPIES: dict[str, Callable[[dict], int]] = {
     "gradient_shap": lambda kw: int(kw.get("n_samples", 5)),
     "occlusion": lambda kw: int(kw.get("patterns_per_forward", 16)),
     "value_zeroing": lambda kw: int(kw.get("patterns_per_forward", 16)),
+    "sequential_integrated_gradients": lambda kw: int(kw.get("n_steps", 50)),
     "lime": lambda kw: min(int(kw.get("patterns_per_forward", 16)), int(kw.get("n_samples", 50))),
     "layer_integrated_gradients": lambda kw: int(kw.get("n_steps", 50)),
     "layer_deeplift": lambda kw: 2,

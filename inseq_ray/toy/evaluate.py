@@ -25,6 +25,7 @@ METHODS: dict[str, dict] = {
     "occlusion": {},
     "lime": {},
     "value_zeroing": {},
+    "sequential_integrated_gradients": {"n_steps": 20},
     "layer_gradient_x_activation": {},  # default target_layer: the input embeddings
     "layer_integrated_gradients": {"n_steps": 20},
     "layer_deeplift": {},
