@@ -80,7 +80,7 @@ def time_engine(am, src, tgt, args) -> tuple[float, int]:
         "vjp": args.vjp,
         "step_blocks": args.step_blocks,
     }
-    if args.method == "integrated_gradients":
+    if args.method in ("integrated_gradients", "sequential_integrated_gradients"):
         kw.update(n_steps=args.ig_steps, internal_batch_size=args.internal_batch_size)
     if args.patterns_per_forward:
         kw.update(patterns_per_forward=args.patterns_per_forward)
@@ -93,7 +93,7 @@ def time_engine(am, src, tgt, args) -> tuple[float, int]:
 
 
 def time_naive(am, src, tgt, args) -> tuple[float, int]:
-    from tests.naive import naive_attribute, naive_value_zeroing
+    from tests.naive import naive_attribute, naive_lime, naive_sequential_ig, naive_value_zeroing
 
     kw = {"n_steps": args.ig_steps} if args.method == "integrated_gradients" else {}
     tokens = 0
@@ -102,6 +102,12 @@ def time_naive(am, src, tgt, args) -> tuple[float, int]:
         if args.method == "value_zeroing":  # per step, per layer, per token: one forward each
             side = "source" if am.is_encoder_decoder else "target"
             a_src, a_tgt = naive_value_zeroing(am, s, t, side), None
+        elif args.method == "lime":  # n_samples forwards + one ridge fit per step
+            n_tok = len(am.tokenizer(s if am.is_encoder_decoder else t)["input_ids"])
+            keep = {("source" if am.is_encoder_decoder else "target"): (torch.rand(50, n_tok) >= 0.3).float()}
+            a_src, a_tgt = naive_lime(am, s, t, keep, False, am.tokenizer.unk_token_id)
+        elif args.method == "sequential_integrated_gradients":  # Inseq's op on every prefix
+            a_src, a_tgt = naive_sequential_ig(am, s, t, False, args.ig_steps)
         else:
             a_src, a_tgt = naive_attribute(am, s, t, args.method, not am.is_encoder_decoder, **kw)
         tokens += (a_src if a_src is not None else a_tgt).shape[1]
