@@ -20,11 +20,13 @@ import numpy as np
 import torch
 
 from inseq_ray.errors import AttributionFileError
+from inseq_ray.inseq_format import from_inseq_dict, is_inseq_dict, to_inseq_dict
 from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenceOutput
 
 MAX_FILE_BYTES = 256 << 20  # JSON bytes after decompression; a pipeline object is ~1 KB, granular ones MBs
 FORMAT = "inseq_ray.feature_attribution"
 VERSION = 1
+FORMATS = ("inseq_ray", "inseq")
 PRECISIONS = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -107,9 +109,11 @@ def output_to_dict(out: FeatureAttributionOutput, precision: str = "float32") ->
 
 
 def output_from_dict(d: dict) -> FeatureAttributionOutput:
+    if is_inseq_dict(d):
+        return from_inseq_dict(d)
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         fmt = d.get("format") if isinstance(d, dict) else type(d).__name__
-        raise AttributionFileError(f"Not an inseq_ray attribution file (format={fmt!r}).")
+        raise AttributionFileError(f"Neither an inseq_ray nor an Inseq attribution file (format={fmt!r}).")
     if d.get("version", 0) > VERSION:
         raise AttributionFileError(
             f"File version {d['version']} is newer than this inseq_ray ({VERSION}); upgrade inseq_ray."
@@ -117,9 +121,15 @@ def output_from_dict(d: dict) -> FeatureAttributionOutput:
     return FeatureAttributionOutput([sequence_from_dict(s) for s in d["sequence_attributions"]], d.get("info", {}))
 
 
-def to_bytes(out: FeatureAttributionOutput, compress: bool, precision: str = "float32") -> bytes:
-    """Serialised (and optionally gzipped, deterministic) bytes of ``out``."""
-    text = json.dumps(output_to_dict(out, precision), separators=(",", ":")).encode()  # key order kept (step scores)
+def to_bytes(
+    out: FeatureAttributionOutput, compress: bool, precision: str = "float32", format: str = FORMATS[0]
+) -> bytes:
+    """Serialised (and optionally gzipped, deterministic) bytes of ``out`` in ``format`` ("inseq_ray", "inseq")."""
+    if format == "inseq":
+        data = to_inseq_dict(out, jsonable(out.info), precision)
+    else:
+        data = output_to_dict(out, precision)
+    text = json.dumps(data, separators=(",", ":")).encode()  # key order kept (step scores)
     return gzip.compress(text, compresslevel=6, mtime=0) if compress else text
 
 
@@ -138,9 +148,7 @@ def from_bytes(raw: bytes, name: str = "<bytes>", limit: int = MAX_FILE_BYTES) -
     except RecursionError:
         raise AttributionFileError(f"{name}: JSON nested too deeply to be an attribution file.") from None
     except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError, OverflowError) as e:
-        raise AttributionFileError(
-            f"{name}: not a valid inseq_ray attribution file ({type(e).__name__}: {e})."
-        ) from None
+        raise AttributionFileError(f"{name}: not a valid attribution file ({type(e).__name__}: {e}).") from None
 
 
 def _gunzip_capped(raw: bytes, name: str, limit: int) -> bytes:
@@ -165,8 +173,15 @@ def save(
     compress: bool = False,
     split_sequences: bool = False,
     scores_precision: str = "float32",
+    format: str = "inseq_ray",
 ) -> list[str]:
-    """Write ``out`` to ``path`` (any fsspec URL); with ``split_sequences``, ``<stem>_<i>.json[.gz]``."""
+    """Write ``out`` to ``path`` (any fsspec URL); with ``split_sequences``, ``<stem>_<i>.json[.gz]``.
+
+    ``format="inseq"`` writes Inseq's own format, which ``inseq.FeatureAttributionOutput.load`` reads (pass it
+    ``decompress=True`` for a gzipped file); loading here reads either format.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"Unknown format {format!r}; valid: {', '.join(FORMATS)}.")
     if scores_precision not in PRECISIONS:
         raise ValueError(f"Unknown scores_precision {scores_precision!r}; valid: {', '.join(PRECISIONS)}.")
     if split_sequences:
@@ -184,7 +199,7 @@ def save(
             raise FileExistsError(f"{target} exists; pass overwrite=True to replace it.")
     for target, item in items:
         with fsspec.open(target, "wb", auto_mkdir=True) as f:
-            f.write(to_bytes(item, compress, scores_precision))
+            f.write(to_bytes(item, compress, scores_precision, format))
     return [t for t, _ in items]
 
 

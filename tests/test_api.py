@@ -233,8 +233,11 @@ def test_load_never_imports_code(tmp_path):
     path.write_text(json.dumps(evil))
     out = inseq.FeatureAttributionOutput.load(str(path))
     assert out[0].target[0].token == "a"
-    path.write_text(json.dumps({"__instance_type__": ["inseq.data.attribution", "FeatureAttributionOutput"]}))
-    with pytest.raises(ValueError, match="Not an inseq_ray attribution file"):
+    path.write_text(json.dumps({"__instance_type__": ["os", "system"], "attributes": {"command": "touch pwned"}}))
+    with pytest.raises(ValueError, match="unexpected object \\['os', 'system'\\]"):  # Inseq-style, never imported
+        inseq.FeatureAttributionOutput.load(str(path))
+    path.write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(ValueError, match="Neither an inseq_ray nor an Inseq attribution file"):
         inseq.FeatureAttributionOutput.load(str(path))
 
 
