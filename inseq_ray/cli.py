@@ -114,7 +114,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hide", action="store_true", help="do not print the heatmap")
     p.set_defaults(func=run_attribute)
     add_dataset_parser(sub)
+    add_report_parser(sub)
     return parser
+
+
+def add_report_parser(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write a static HTML report of a finished run (local or s3://...)",
+        description="A self-contained HTML report of a run: summary, errors, distributions, top token pairs, the "
+        "least sure records, and heatmap pages of a sample of sequences. Open <output>/index.html in a browser.",
+    )
+    p.add_argument("run", help="the run's output prefix (a folder or a URL such as s3://bucket/run)")
+    p.add_argument("-o", "--output", default=None, help="local folder for the report (default: ./<run name>-report)")
+    p.add_argument("--sample", type=int, default=20, help="sequences that get a heatmap page (default 20)")
+    p.add_argument("--ids", nargs="*", default=[], help="seq_ids that get a heatmap page too")
+    p.set_defaults(func=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from inseq_ray.report import build_report
+
+    if args.sample < 0:
+        raise ValueError(f"--sample must be >= 0, got {args.sample}.")
+    name = args.run.rstrip("/").rsplit("/", 1)[-1] or "run"
+    index = build_report(args.run, args.output or f"{name}-report", args.sample, args.ids)
+    print(f"report: {index} (open it in a browser; it needs no server and makes no network requests)")
+    return 0
 
 
 def run_attribute(args: argparse.Namespace) -> int:

@@ -206,10 +206,15 @@ HTML_STYLE = """
 """
 
 
+def html_fragment(out: FeatureAttributionOutput) -> str:
+    """The heatmap tables (one per sequence) with their inline style, to embed in a page."""
+    return HTML_STYLE + "".join(_html_table(seq, i) for i, seq in enumerate(_aggregated(out).sequence_attributions))
+
+
 def to_html(out: FeatureAttributionOutput) -> str:
     """A self-contained HTML document (inline CSS, no scripts) with one table per sequence."""
-    body = "".join(_html_table(seq, i) for i, seq in enumerate(_aggregated(out).sequence_attributions))
-    return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>inseq_ray attributions</title>{HTML_STYLE}</head><body>{body}</body></html>"
+    body = html_fragment(out)
+    return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>inseq_ray attributions</title></head><body>{body}</body></html>"
 
 
 def _legend(vmin: float, vmax: float, fmt: str) -> str:
