@@ -130,7 +130,7 @@ def test_chromium_renders_it_without_requests_or_overflow(report, width, tmp_pat
             for path in (report, sorted(report.parent.glob("seq/*.html"))[0]):
                 page = browser.new_page(viewport={"width": width, "height": 900})
                 requests = []
-                page.on("request", lambda r: requests.append(r.url))
+                page.on("request", lambda r, seen=requests: seen.append(r.url))
                 page.goto(path.as_uri())
                 page.screenshot(path=str(tmp_path / f"{path.stem}_{width}.png"), full_page=True)
                 assert [u for u in requests if not u.startswith("file://")] == []
