@@ -8,13 +8,15 @@ of an eager copy. Built once per test run, tiny, so the whole matrix takes about
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 import inseq_ray as inseq
 from inseq_ray.toy.families import FAMILIES
-from tests.naive import naive_attribute, naive_value_zeroing
+from tests.naive import naive_attribute, naive_lime, naive_sequential_ig, naive_value_zeroing
 from tests.test_engine_equivalence import _assert_close, _draws_for, _record_shap_draws
 
 SOURCES = ["the cat sees a bird near the river", "a dog"]
@@ -178,6 +180,32 @@ def test_value_zeroing_equals_the_naive_per_step_reference(family_models, name):
             known = ~ref.isnan()
             assert ref[known].max() > 0.05, (name, side, "vacuous")
             assert torch.allclose(ours[known], ref[known], atol=1e-3), (name, i, side)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_lime_and_sequential_ig_equal_their_references(family_models, monkeypatch, name):
+    """LIME == sklearn's Ridge on the same masks per prefix; sequential IG == Inseq's own op per prefix (the
+    batch's shorter, padded row)."""
+    from tests.test_lime import _masks_for, _record_masks
+
+    am = family_models(name)
+    sources, targets = _texts(am)
+    calls = _record_masks(monkeypatch)
+    lime = am.attribute(sources, targets, method="lime", n_samples=8, show_progress=False)
+    sig = None
+    if importlib.util.find_spec("inseq") is not None:
+        sig = am.attribute(sources, targets, method="sequential_integrated_gradients", n_steps=2, show_progress=False)
+    i, src, tgt = 1, sources[1], targets[1]  # the shorter, padded row of the batch (the references are slow)
+    ref = naive_lime(am, src, tgt, _masks_for(calls, am, lime[i]), False, am.tokenizer.unk_token_id)
+    for ours, want in zip((lime[i].source_attributions, lime[i].target_attributions), ref):
+        if want is not None:
+            known = ~want.isnan()
+            scale = want[known].abs().max()
+            assert scale > 0 and torch.allclose(ours[known], want[known], atol=1e-3 * scale, rtol=1e-3), name
+    if sig is not None:
+        ref_src, ref_tgt = naive_sequential_ig(am, src, tgt, False, n_steps=2)
+        _assert_close(sig[i].source_attributions, ref_src, f"{name} sig seq {i} source")
+        _assert_close(sig[i].target_attributions, ref_tgt, f"{name} sig seq {i} target")
 
 
 @pytest.mark.parametrize("name", ["marian", "pegasus", "fsmt"])

@@ -52,3 +52,25 @@ def test_bad_layers_are_refused_and_the_model_is_left_clean(bart, layer, match):
         bart.attribute(SOURCES, ENC_TARGETS, method="layer_gradient_x_activation", target_layer=layer,
                        show_progress=False)  # fmt: skip
     assert sum(len(m._forward_hooks) for m in bart.model.modules()) == hooks_before
+
+
+@pytest.mark.parametrize(
+    "method, args",
+    [
+        ("layer_gradient_x_activation", {"target_layer": "model.encoder.layers.0"}),
+        ("layer_integrated_gradients", {"target_layer": "model.encoder.layers.0", "n_steps": 4}),
+        ("layer_deeplift", {}),
+    ],
+)
+def test_layer_methods_run_in_the_pipeline(tmp_path, method, args):
+    """On the toy translator: an encoder layer's rows are source positions, so the source table fills."""
+    from inseq_ray.pipeline.config import PipelineConfig
+    from inseq_ray.pipeline.runner import run
+    from tests.test_pipeline import check_complete, read_table
+
+    (tmp_path / "c.txt").write_text("the cat sees a bird\na dog runs\n")
+    out = tmp_path / "run"
+    run(PipelineConfig(input=str(tmp_path / "c.txt"), output=str(out), use_ray=False, method=method,
+                       method_args=args), progress=False)  # fmt: skip
+    check_complete(out, 2)
+    assert read_table(out, "source_attributions").height > 0
