@@ -177,6 +177,6 @@ def test_object_uris_are_absolute_and_load_from_anywhere(tmp_path, monkeypatch):
 
 def test_setup_announces_its_steps_and_pyproject_has_no_deprecated_license_table():
     setup = (ROOT / "scripts/setup").read_text()
-    assert all(f"setup {i}/5" in setup for i in range(1, 6)) and " -q " not in setup
+    assert all(f"setup {i}/6" in setup for i in range(1, 7)) and " -q " not in setup
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert isinstance(project["project"]["license"], str)
