@@ -25,3 +25,16 @@ class KillOnce:
             self.fired.write_text(str(os.getpid()))
             os._exit(1)
         return batch
+
+
+def count_forwards(monkeypatch, adapter, method: str = "states") -> list[int]:
+    """The rows of every forward ``adapter.<method>`` runs from now on (the forward itself still runs)."""
+    rows: list[int] = []
+    real = getattr(adapter, method)
+
+    def counting(inputs):
+        rows.append(inputs.target_ids.shape[0])
+        return real(inputs)
+
+    monkeypatch.setattr(adapter, method, counting)
+    return rows

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import inseq_ray.methods.surrogate as lime_module
+from tests.faults import count_forwards
 from tests.naive import naive_lime
 
 
@@ -65,14 +66,7 @@ def test_lime_equals_the_per_step_ridge_surrogate(case, request, monkeypatch):
 
 
 def test_lime_forward_budget_is_one_per_sample_chunk_for_all_steps(bart, monkeypatch):
-    calls = []
-    real = bart.adapter.states
-
-    def counting(inputs):
-        calls.append(inputs.target_ids.shape[0])
-        return real(inputs)
-
-    monkeypatch.setattr(bart.adapter, "states", counting)
+    calls = count_forwards(monkeypatch, bart.adapter)
     out = bart.attribute(
         ["the cat sees a bird", "a dog"], ["one fish likes bread today", "the child"], method="lime",
         n_samples=20, patterns_per_forward=8, show_progress=False,

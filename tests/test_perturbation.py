@@ -7,18 +7,12 @@ import pytest
 
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.runner import run
+from tests.faults import count_forwards
 from tests.test_pipeline import check_complete, read_table
 
 
 def test_occlusion_forward_budget_is_one_per_token_for_all_steps(bart, monkeypatch):
-    calls = []
-    real = bart.adapter.states
-
-    def counting(inputs):
-        calls.append(inputs.target_ids.shape[0])
-        return real(inputs)
-
-    monkeypatch.setattr(bart.adapter, "states", counting)
+    calls = count_forwards(monkeypatch, bart.adapter)
     sources = ["the cat sees a bird near the river", "a dog runs"]
     out = bart.attribute(
         sources, ["one fish likes bread today", "the child"], method="occlusion", patterns_per_forward=4,

@@ -8,6 +8,7 @@ import torch
 
 pytest.importorskip("inseq")
 
+from tests.faults import count_forwards
 from tests.naive import naive_sequential_ig
 from tests.test_engine_equivalence import _assert_close
 
@@ -47,14 +48,7 @@ def test_sequential_ig_differs_from_ig_and_reports_its_delta(gpt2):
 
 
 def test_sequential_ig_forward_budget(gpt2, monkeypatch):
-    rows = []
-    real = gpt2.adapter.states
-
-    def counting(inputs):
-        rows.append(inputs.target_ids.shape[0])
-        return real(inputs)
-
-    monkeypatch.setattr(gpt2.adapter, "states", counting)
+    rows = count_forwards(monkeypatch, gpt2.adapter)
     out = gpt2.attribute(
         ["the cat sees a bird"], ["the cat sees a bird and the dog"], method="sequential_integrated_gradients",
         n_steps=5, step_blocks=1, show_progress=False,

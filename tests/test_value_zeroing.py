@@ -12,6 +12,7 @@ from inseq_ray.models.values import decoder_blocks, value_sites, zeroed
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.runner import run
 from inseq_ray.toy import build_tiny_model
+from tests.faults import count_forwards
 from tests.naive import naive_value_zeroing
 from tests.test_pipeline import check_complete, read_table
 
@@ -85,14 +86,7 @@ def test_no_hook_is_left_behind_also_on_error(gpt2, monkeypatch):
 
 
 def test_forward_budget_is_one_per_pattern_for_all_steps_and_layers(bart, monkeypatch):
-    rows = []
-    real = bart.adapter.last_hidden_states
-
-    def counting(inputs):
-        rows.append(inputs.target_ids.shape[0])
-        return real(inputs)
-
-    monkeypatch.setattr(bart.adapter, "last_hidden_states", counting)
+    rows = count_forwards(monkeypatch, bart.adapter, "last_hidden_states")
     sources = ["the cat sees a bird near the river", "a dog runs"]
     out = bart.attribute(
         sources, ["one fish likes bread today", "the child"], method="value_zeroing", attribute_target=True,

@@ -20,7 +20,7 @@ import torch
 
 from inseq_ray.aggregation import select_indices
 from inseq_ray.engine import MethodContext, MethodResult, gather_rows
-from inseq_ray.models.values import ValueSite, decoder_blocks, patched_blocks, recorded_blocks, value_sites, zeroed
+from inseq_ray.models.values import ValueSite, decoder_blocks, patched_blocks, value_sites, zeroed
 
 SIMILARITY_METRICS = ("cosine", "euclidean")
 
@@ -58,7 +58,7 @@ def value_zeroing(
     time_first = adapter.activation_batch_axis((type(blocks[0]),)) == 1
     rows = (ctx.plan.positions - 1).clamp(min=0)  # (B, T) rows predicting each step
     with torch.no_grad():
-        with recorded_blocks(blocks[:-1], time_first) as clean:
+        with patched_blocks(blocks[:-1], None, time_first) as clean:  # recorded only
             final = adapter.last_hidden_states(ctx.forward_inputs({}, 1))  # (B, L, H')
         clean_rows = [gather_rows(h, rows).double() for h in [*clean, final]]  # n_layers x (B, T, H)
         out = {}

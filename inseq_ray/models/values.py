@@ -168,41 +168,25 @@ def zeroed(
 
 @contextlib.contextmanager
 def patched_blocks(
-    blocks: Sequence[nn.Module], clean: Sequence[torch.Tensor], time_first: bool = False
+    blocks: Sequence[nn.Module], clean: Sequence[torch.Tensor] | None, time_first: bool = False
 ) -> Iterator[list[torch.Tensor]]:
-    """Record each block's output (batch-first (N, L, H)) in the forward run inside and pass ``clean[i]``
-    (N, L, H) on instead, so that every block sees its clean input. Yields the recorded outputs."""
+    """Record each block's output (batch-first (N, L, H)) in the forward run inside and, unless ``clean`` is
+    None, pass ``clean[i]`` (N, L, H) on instead, so that every block sees its clean input. Yields the records."""
     seen: list[torch.Tensor] = []
 
-    def hook_for(value: torch.Tensor):
+    def hook_for(value: torch.Tensor | None):
         def hook(module: nn.Module, args: tuple, output):
             first = output[0] if isinstance(output, tuple) else output
             seen.append((first.transpose(0, 1) if time_first else first).detach())
+            if value is None:
+                return None
             new = (value.transpose(0, 1) if time_first else value).to(first.dtype)
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
         return hook
 
-    handles = [b.register_forward_hook(hook_for(v)) for b, v in zip(blocks, clean, strict=True)]
-    try:
-        yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
-    if len(seen) != len(blocks):
-        raise ValueError(f"value_zeroing: {len(seen)} of {len(blocks)} patched blocks ran in one forward.")
-
-
-@contextlib.contextmanager
-def recorded_blocks(blocks: Sequence[nn.Module], time_first: bool = False) -> Iterator[list[torch.Tensor]]:
-    """Record each block's output (batch-first (N, L, H)) in the forward run inside."""
-    seen: list[torch.Tensor] = []
-
-    def hook(module: nn.Module, args: tuple, output) -> None:
-        first = output[0] if isinstance(output, tuple) else output
-        seen.append((first.transpose(0, 1) if time_first else first).detach())
-
-    handles = [b.register_forward_hook(hook) for b in blocks]
+    values = [None] * len(blocks) if clean is None else clean
+    handles = [b.register_forward_hook(hook_for(v)) for b, v in zip(blocks, values, strict=True)]
     try:
         yield seen
     finally:
