@@ -2,7 +2,7 @@
 
     python benchmarks/report_bench.py --sequences 100000 --steps 10 --tokens 12
 
-Writes a run-shaped folder (manifest.json + Parquet tables in 8 shards) with random scores, then builds its
+Writes a run-shaped folder (manifest.json + Parquet tables, 10,000 sequences per shard) with random scores, then builds its
 report with ``--sample 0`` (sequence pages load objects, which the synthetic run does not have) and prints
 the seconds and the peak RSS of the process.
 """
@@ -22,8 +22,25 @@ import numpy as np
 import polars as pl
 
 
-def synthesize(root: Path, n: int, steps: int, tokens: int, shards: int = 8, seed: int = 0) -> None:
+def _object(root: Path, steps: int, tokens: int) -> str:
+    """One small saved sequence that every synthetic row points at (the report's pages load objects)."""
+    import torch
+
+    from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenceOutput
+
+    src = [(f"w{i}", i) for i in range(tokens)]
+    tgt = [("<s>", 0)] + [(f"w{i}", i) for i in range(steps)]
+    seq = FeatureAttributionSequenceOutput(
+        src, tgt, torch.rand(tokens, steps), None, {"probability": torch.rand(steps)}, 1, steps + 1, ()
+    )
+    return FeatureAttributionOutput([seq], {}).save(str(root / "object.json.gz"), compress=True)[0]
+
+
+def synthesize(root: Path, n: int, steps: int, tokens: int, per_shard: int = 10_000, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    uri = _object(root, steps, tokens)
+    shards = max(1, -(-n // per_shard))  # 10,000 records per shard (a real run's shards hold a few thousand)
     vocab = np.array([f"w{i}" for i in range(500)])
     for s in range(shards):
         ids = [f"{s:02x}{i:018x}" for i in range(s * n // shards, (s + 1) * n // shards)]
@@ -35,7 +52,9 @@ def synthesize(root: Path, n: int, steps: int, tokens: int, shards: int = 8, see
                 "target_text": ["a synthetic target"] * m,
                 "n_steps": [steps] * m,
                 "attr_pos_start": [1] * m,
-                "object_uri": [""] * m,
+                "source_tokens": [[f"w{i}" for i in range(tokens)]] * m,
+                "target_tokens": [["<s>"] + [f"w{i}" for i in range(steps)]] * m,
+                "object_uri": [uri] * m,
             }
         )
         cells = m * steps * tokens

@@ -1,12 +1,14 @@
 """What the run report shows, computed with polars lazy scans over a run's tables (streaming engine).
 
-Every query returns a small frame (per position, per histogram bin, top-k): memory is bounded by the
-groups, not by the run, so a million-sequence run reports in bounded memory. Nothing here renders.
+Every query returns a small frame (per position, per histogram bin, top-k). Queries that group by sequence or
+step run shard by shard (a sequence's rows never span shards) and combine exact partial results, so memory is
+bounded by one shard, not by the run. Nothing here renders.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import fsspec
@@ -21,16 +23,27 @@ BINS = 20
 
 @dataclass(frozen=True)
 class Run:
-    """A finished run: its prefix and manifest."""
+    """A finished run: its prefix and manifest; with ``shard``, a view of that shard's table files only (a
+    sequence's rows never span shards, so per-sequence groups computed shard by shard are exact)."""
 
     prefix: str
     manifest: dict
+    shard: str | None = None
 
     def scan(self, table: str) -> pl.LazyFrame:
-        return pl.scan_parquet(table_glob(self.prefix, table))
+        if self.shard is None:
+            return pl.scan_parquet(table_glob(self.prefix, table))
+        return pl.scan_parquet(f"{self.prefix}/tables/{table}/{self.shard}.parquet")
 
     def has_rows(self, table: str) -> bool:
         return int(self.manifest.get("table_rows", {}).get(table, 0)) > 0
+
+    def shards(self) -> list[Run]:
+        """One view per shard (the files of the sequences table name them)."""
+        url = f"{self.prefix}/tables/sequences"
+        fs, root = fsspec.core.url_to_fs(url, **storage_options(url))
+        stems = sorted(p.rsplit("/", 1)[-1].removesuffix(".parquet") for p in fs.glob(f"{root}/*.parquet"))
+        return [Run(self.prefix, self.manifest, stem) for stem in stems]
 
     @property
     def step_score_names(self) -> list[str]:
@@ -142,35 +155,72 @@ def histogram(lf: pl.LazyFrame, column: str, lo: float, hi: float, bins: int = B
     )
 
 
+FINE_BINS = 400  # per-shard entropy histograms use this grid; shown coarsened to BINS up to the observed max
+
+
 def profile_histograms(run: Run) -> dict[str, pl.DataFrame]:
-    """Histograms of the per-step entropy (0 .. its max) and input share (0 .. 1); {} without attributions."""
-    profiles = step_profiles(run)
-    top = _collect(profiles.select(pl.col("entropy").max(), pl.len().alias("n")))
-    if top["n"][0] == 0:
+    """Histograms of the per-step entropy (0 .. its observed max) and input share (0 .. 1), computed shard by shard
+    (memory bounded by one shard); {} without attributions."""
+    bound = _entropy_bound(run)
+    entropy = share = None
+    top = 0.0
+    for part in run.shards():
+        profiles = _collect(step_profiles(part)).lazy()
+        e = histogram(profiles, "entropy", 0.0, bound, FINE_BINS)
+        i = histogram(profiles, "input_share", 0.0, 1.0)
+        top = max(top, _collect(profiles.select(pl.col("entropy").max().fill_null(0.0)))[0, 0])
+        entropy = e if entropy is None else entropy.with_columns(pl.col("count") + e["count"])
+        share = i if share is None else share.with_columns(pl.col("count") + i["count"])
+    if entropy is None or int(share["count"].sum()) == 0:
         return {}
-    hi = float(top["entropy"][0] or 0.0) or 1.0
-    return {
-        "entropy": histogram(profiles, "entropy", 0.0, hi),
-        "input_share": histogram(profiles, "input_share", 0.0, 1.0),
-    }
+    return {"entropy": _coarsened(entropy, top), "input_share": share}
+
+
+def _entropy_bound(run: Run) -> float:
+    """ln(the most tokens any step can attribute): an upper bound of every step's entropy."""
+    lengths = run.scan("sequences").select(
+        (pl.col("source_tokens").list.len() + pl.col("target_tokens").list.len()).max()
+    )
+    return math.log(max(2, int(_collect(lengths)[0, 0] or 2)))
+
+
+def _coarsened(fine: pl.DataFrame, top: float) -> pl.DataFrame:
+    """Merge consecutive fine bins into at most BINS bins that end with the one holding ``top``."""
+    width = float(fine["right"][0] - fine["left"][0])
+    last = min(fine.height - 1, int(top / width)) if width > 0 else 0
+    group = max(1, math.ceil((last + 1) / BINS))
+    return (
+        fine.head(last + 1)
+        .with_row_index("k")
+        .group_by((pl.col("k") // group).alias("j"))
+        .agg(pl.col("left").min(), pl.col("right").max(), pl.col("count").sum())
+        .sort("j")
+        .drop("j")
+    )
 
 
 def top_pairs(run: Run, k: int = 25) -> pl.DataFrame:
     """The most frequent (generated token <- its top-attributed input token) pairs: target_token,
-    attributed_token, times (the number of steps where that input token scored highest), share of steps."""
+    attributed_token, times (the number of steps where that input token scored highest), share of steps.
+    Counted shard by shard (memory bounded by one shard and the distinct pairs)."""
     tables = [t for t in ("source_attributions", "target_attributions") if run.has_rows(t)]
+    keys = ["target_token", "attributed_token"]
     if not tables:
         return pl.DataFrame(schema={"target_token": pl.String, "attributed_token": pl.String, "times": pl.UInt32})
-    rows = pl.concat(
-        [run.scan(t).select("seq_id", "step", "target_token", "attributed_token", "score") for t in tables]
-    )
-    best = rows.group_by("seq_id", "step").agg(
-        pl.col("target_token").first(),
-        pl.col("attributed_token").sort_by(pl.col("score").abs(), descending=True).first(),
-    )
-    q = best.group_by("target_token", "attributed_token").agg(pl.len().alias("times"))
-    steps = _collect(best.select(pl.len()))[0, 0]
-    out = _collect(q.sort("times", "target_token", "attributed_token", descending=[True, False, False]).head(k))
+    counts, steps = None, 0
+    for part in run.shards():
+        rows = pl.concat(
+            [part.scan(t).select("seq_id", "step", "target_token", "attributed_token", "score") for t in tables]
+        )
+        best = rows.group_by("seq_id", "step").agg(
+            pl.col("target_token").first(),
+            pl.col("attributed_token").sort_by(pl.col("score").abs(), descending=True).first(),
+        )
+        shard_counts = _collect(best.group_by(keys).agg(pl.len().cast(pl.Int64).alias("times")))
+        steps += int(shard_counts["times"].sum())
+        both = shard_counts if counts is None else pl.concat([counts, shard_counts])
+        counts = both.group_by(keys).agg(pl.col("times").sum())
+    out = counts.sort("times", *keys, descending=[True, False, False]).head(k)
     return out.with_columns((pl.col("times") / max(1, steps)).alias("share"))
 
 
@@ -181,10 +231,17 @@ def least_sure(run: Run, k: int = 15) -> pl.DataFrame:
     if not run.has_rows("step_scores") or not ({"probability", "entropy"} & set(names)):
         return pl.DataFrame()
     name, lowest = ("probability", True) if "probability" in names else ("entropy", False)
-    per_seq = run.scan("step_scores").group_by("seq_id").agg(pl.col(name).mean().alias(f"mean_{name}"))
-    picked = _collect(per_seq.sort(f"mean_{name}", "seq_id", descending=[not lowest, False]).head(k))
+    col = f"mean_{name}"
+    picked = None
+    for part in run.shards():  # each shard's k least sure, then the k least sure of those
+        per_seq = part.scan("step_scores").group_by("seq_id").agg(pl.col(name).mean().alias(col))
+        top = _collect(per_seq.sort(col, "seq_id", descending=[not lowest, False]).head(k))
+        both = top if picked is None else pl.concat([picked, top])
+        picked = both.sort(col, "seq_id", descending=[not lowest, False]).head(k)
     texts = run.scan("sequences").select("seq_id", "n_steps", "source_text", "target_text")
-    return _collect(picked.lazy().join(texts, on="seq_id", how="left")).sort(f"mean_{name}", descending=not lowest)
+    ids = picked["seq_id"].to_list()
+    found = _collect(texts.filter(pl.col("seq_id").is_in(ids)))
+    return picked.join(found, on="seq_id", how="left").sort(col, "seq_id", descending=[not lowest, False])
 
 
 def sample_sequences(run: Run, n: int, ids: list[str]) -> pl.DataFrame:
