@@ -105,6 +105,11 @@ def test_arguments_are_checked(bart):
         attribute(similarity_metric="dot")
     with pytest.raises(ValueError, match="encoder_zeroed_units_indices"):
         attribute(encoder_zeroed_units_indices=0)
+    with pytest.raises(ValueError, match="output_encoder_self_scores"):
+        attribute(output_encoder_self_scores=True)
+    with pytest.raises(ValueError, match="attribute_target=True"):
+        attribute(output_decoder_self_scores=True)
+    attribute(output_encoder_self_scores=False, output_decoder_self_scores=False)  # Inseq's "off" is fine
     with pytest.raises(ValueError, match="value heads index 9"):
         attribute(cross_zeroed_units_indices=9)
     with pytest.raises(ValueError, match="layer 5 out of range"):

@@ -31,25 +31,32 @@ def value_zeroing(
     decoder_zeroed_units_indices=None,
     cross_zeroed_units_indices=None,
     encoder_zeroed_units_indices=None,
-    output_decoder_self_scores: bool = True,
-    output_encoder_self_scores: bool = True,
+    output_decoder_self_scores: bool | None = None,
+    output_encoder_self_scores: bool | None = None,
     min_score_threshold: float = 1e-5,
     patterns_per_forward: int = 16,
 ) -> MethodResult:
     """Value-zeroing scores (T, B, L, n_layers) per attributed side; see the module docstring.
 
     ``*_zeroed_units_indices`` select the value heads zeroed as Inseq's: None (all), an int, a (start, end)
-    range, a list, or a dict {layer: heads} (layers not in it are not zeroed). Inseq's encoder self-attention
-    scores (its ``sequence_scores``) are not computed: ``encoder_zeroed_units_indices`` is refused.
+    range, a list, or a dict {layer: heads} (layers not in it are not zeroed). Inseq's ``sequence_scores`` are
+    not computed: ``encoder_zeroed_units_indices`` and ``output_encoder_self_scores=True`` are refused, and so is
+    ``output_decoder_self_scores=True`` on an encoder-decoder without ``attribute_target=True`` (with it, the
+    decoder self-attention scores are the target attributions); ``False`` is accepted for both.
     """
     if similarity_metric not in SIMILARITY_METRICS:
         raise ValueError(f"similarity_metric={similarity_metric!r}: valid are {', '.join(SIMILARITY_METRICS)}.")
     if not isinstance(patterns_per_forward, int) or patterns_per_forward < 1:
         raise ValueError(f"patterns_per_forward must be a positive int, got {patterns_per_forward!r}.")
-    if encoder_zeroed_units_indices is not None:
+    if encoder_zeroed_units_indices is not None or output_encoder_self_scores:
         raise ValueError(
-            "encoder_zeroed_units_indices: inseq_ray's value_zeroing scores the decoder (self- and cross-attention); "
-            "encoder self-attention scores are not computed, drop the argument."
+            "encoder_zeroed_units_indices / output_encoder_self_scores: inseq_ray's value_zeroing scores the decoder "
+            "(self- and cross-attention); encoder self-attention scores are not computed, drop the argument."
+        )
+    if output_decoder_self_scores and ctx.adapter.is_encoder_decoder and "target" not in ctx.attributed:
+        raise ValueError(
+            "output_decoder_self_scores: Inseq's separate decoder self-attention scores are not produced; pass "
+            "attribute_target=True to get them as target_attributions."
         )
     if ctx.site is not None:
         raise ValueError("value_zeroing scores every layer itself: it takes no target_layer.")
