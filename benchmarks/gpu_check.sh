@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU run (device tool): engine vs naive reference, GPT-2-small size, ~20-token targets,
-# saliency and integrated_gradients (50 steps), fp32 and bf16. Tried on CPU first with SMOKE=1.
+# saliency and integrated_gradients (50 steps), fp32 and bf16; occlusion and value zeroing (fp32). Tried on CPU first
+# with SMOKE=1.
 # On the device machine torch + transformers are installed; captum travels as a wheel in .whl/:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl captum==0.9.0
 #   (and run with carry [".whl"], prefixing: pip install -q --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site)
@@ -17,3 +18,9 @@ for dtype in fp32 bf16; do
   run --model $model --method integrated_gradients --ig-steps 50 --internal-batch-size 1600 --batch-size 32 \
       --sentences "$(( n / 4 > 0 ? n / 4 : 1 ))" --naive-sentences 2 --dtype $dtype
 done
+# perturbation methods (fp32): occlusion vs the per-step reference; value zeroing with 16 tokens stacked per forward
+# vs one token per forward (Inseq's schedule), where stacking should pay on a GPU (it does not on a 2-core CPU)
+q=$(( n / 4 > 0 ? n / 4 : 1 ))
+run --model $model --method occlusion --batch-size 32 --sentences "$q" --naive-sentences 2
+run --model $model --method value_zeroing --batch-size 32 --sentences "$q" --naive-sentences 0
+run --model $model --method value_zeroing --batch-size 32 --sentences "$q" --naive-sentences 0 --patterns-per-forward 1
