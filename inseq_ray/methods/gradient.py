@@ -42,10 +42,7 @@ def integrated_gradients(
     return_convergence_delta: bool = False,
 ) -> MethodResult:
     """(x - b) * sum_k w_k d f_t/d x (b + a_k (x - b)), captum's quadrature (``method``) and weights."""
-    from captum.attr._utils.approximation_methods import approximation_parameters
-
-    step_sizes_fn, alphas_fn = approximation_parameters(method)
-    weights, alphas = step_sizes_fn(n_steps), alphas_fn(n_steps)
+    weights, alphas = quadrature(method, n_steps)
     b = ctx.batch.size
     per_chunk = n_steps if internal_batch_size is None else max(1, internal_batch_size // b)
     total: dict[str, torch.Tensor] = {}
@@ -63,6 +60,14 @@ def integrated_gradients(
     attrs = {k: g * (ctx.embeds[k] - ctx.baselines[k]).float()[None] for k, g in total.items()}
     scores = {"deltas": convergence_delta(ctx, attrs)} if return_convergence_delta else {}
     return MethodResult(attrs, scores)
+
+
+def quadrature(method: str, n_steps: int) -> tuple[list[float], list[float]]:
+    """captum's (weights, alphas) of the integration rule ``method`` with ``n_steps`` points."""
+    from captum.attr._utils.approximation_methods import approximation_parameters
+
+    step_sizes_fn, alphas_fn = approximation_parameters(method)
+    return step_sizes_fn(n_steps), alphas_fn(n_steps)
 
 
 def deeplift(ctx: MethodContext, eps: float = 1e-10) -> MethodResult:

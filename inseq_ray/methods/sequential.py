@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from inseq_ray.engine import MethodContext, MethodResult
-from inseq_ray.methods.gradient import convergence_delta
+from inseq_ray.methods.gradient import convergence_delta, quadrature
 
 
 def sequential_integrated_gradients(
@@ -23,11 +23,9 @@ def sequential_integrated_gradients(
     return_convergence_delta: bool = False,
 ) -> MethodResult:
     """Per-token integrated gradients (T, B, L, H); see the module docstring."""
-    from captum.attr._utils.approximation_methods import approximation_parameters
-
     if not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive int, got {n_steps!r}.")
-    weights, alphas = (fn(n_steps) for fn in approximation_parameters(method))
+    weights, alphas = quadrature(method, n_steps)
     b, device = ctx.batch.size, ctx.adapter.device
     copies = [  # (side, token, quadrature point): the target's last token is never an input
         (name, i, k) for name in ctx.attributed for i in range(_inputs(ctx, name)) for k in range(n_steps)

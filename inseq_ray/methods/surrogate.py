@@ -31,9 +31,9 @@ def lime(
 ) -> MethodResult:
     """Ridge-surrogate coefficients (T, B, L, H) per attributed side; see the module docstring."""
     _check(n_samples, mask_prob, alpha, patterns_per_forward)
-    fill = ctx.token_ids.get(mask_token) if mask_token in ("unk", "pad") else None
     if mask_token not in ("unk", "pad"):
         raise ValueError(f"mask_token={mask_token!r}: valid are 'unk', 'pad'.")
+    fill = ctx.token_ids.get(mask_token)
     if fill is None:
         raise ValueError(f"lime: the tokenizer has no {mask_token} token; pass mask_token='pad' or 'unk'.")
     b = ctx.batch.size

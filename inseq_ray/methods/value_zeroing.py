@@ -70,9 +70,10 @@ def value_zeroing(
         clean_rows = [gather_rows(h, rows).double() for h in [*clean, final]]  # n_layers x (B, T, H)
         out = {}
         for name in ctx.attributed:
-            kind, selection = ("cross", cross_zeroed_units_indices) if name == "source" else ("self", None)
-            if name == "target":
-                selection = decoder_zeroed_units_indices
+            source = name == "source"
+            kind, selection = (
+                ("cross", cross_zeroed_units_indices) if source else ("self", decoder_zeroed_units_indices)
+            )
             sites = value_sites(adapter, blocks, kind)
             heads = _heads(selection, sites)
             length = ctx.embeds[name].shape[1]

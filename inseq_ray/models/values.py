@@ -45,20 +45,18 @@ class ValueSite:
 
 def block_stack(module: nn.Module) -> nn.ModuleList:
     """The first ``nn.ModuleList`` under ``module`` (depth first): a decoder's transformer blocks."""
+    found = _first_module_list(module)
+    if found is None:
+        raise ValueError(f"{type(module).__name__} has no stack of transformer blocks (nn.ModuleList).")
+    return found
+
+
+def _first_module_list(module: nn.Module) -> nn.ModuleList | None:
     for child in module.children():
-        if isinstance(child, nn.ModuleList):
-            return child
-        found = _maybe_block_stack(child)
+        found = child if isinstance(child, nn.ModuleList) else _first_module_list(child)
         if found is not None:
             return found
-    raise ValueError(f"{type(module).__name__} has no stack of transformer blocks (nn.ModuleList).")
-
-
-def _maybe_block_stack(module: nn.Module) -> nn.ModuleList | None:
-    try:
-        return block_stack(module)
-    except ValueError:
-        return None
+    return None
 
 
 def decoder_blocks(adapter: ModelAdapter) -> nn.ModuleList:

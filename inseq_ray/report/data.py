@@ -19,6 +19,7 @@ from inseq_ray.pipeline.storage import storage_options
 
 MAX_POSITION = 64  # step-score curves stop here (later positions are few)
 BINS = 20
+_ERR = {"reason": pl.String, "records": pl.UInt32, "example": pl.String}
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,6 @@ def errors_by_reason(run: Run) -> pl.DataFrame:
         return pl.DataFrame({"reason": [], "records": [], "example": []}, schema=_ERR)
     q = run.scan("errors").group_by("reason").agg(pl.len().alias("records"), pl.col("message").first().alias("example"))
     return _collect(q).sort("records", "reason", descending=[True, False])
-
-
-_ERR = {"reason": pl.String, "records": pl.UInt32, "example": pl.String}
 
 
 def step_score_curves(run: Run) -> dict[str, pl.DataFrame]:
