@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from inseq_ray.pipeline.cli import add_dataset_parser, flag_names
 from inseq_ray.pipeline.cli import json_object as _json
+from inseq_ray.redact import redact_text
 
 ATTRIBUTE_EPILOG = """examples:
   inseq-ray attribute -m toy:translator -a saliency -i "the small cat sees a dog"
@@ -188,13 +189,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, TypeError, OSError) as e:  # user and environment errors: one clear line, no traceback
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact_text(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         print(f"\n{e or 'interrupted'}", file=sys.stderr)
         return 130
     except RuntimeError as e:  # failures inside the actors, already reduced to one line
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact_text(str(e))}", file=sys.stderr)
         return 1
 
 

@@ -22,6 +22,7 @@ import torch
 from inseq_ray.errors import AttributionFileError
 from inseq_ray.inseq_format import from_inseq_dict, is_inseq_dict, to_inseq_dict
 from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenceOutput
+from inseq_ray.redact import redact_url
 
 MAX_FILE_BYTES = 256 << 20  # JSON bytes after decompression; a pipeline object is ~1 KB, granular ones MBs
 FORMAT = "inseq_ray.feature_attribution"
@@ -216,8 +217,6 @@ def load(path: str, decompress: bool | None = None, max_bytes: int = MAX_FILE_BY
     """Read a saved output (any fsspec URL, e.g. a pipeline ``object_uri``); gzip is detected from the content
     (``decompress`` is accepted for Inseq parity). Files over ``max_bytes`` (after decompression) are refused
     with :class:`AttributionFileError`; raise it for very large granular files you trust."""
-    from inseq_ray.pipeline.storage import redact_url
-
     name = redact_url(str(path))
     try:
         with fsspec.open(path, "rb") as f:

@@ -123,8 +123,12 @@ class PipelineConfig:
         return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
     def results_settings(self) -> dict[str, Any]:
-        """The fields that change results (those the fingerprint covers), by name."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("results")}
+        """The fields that change results (those the fingerprint covers), by name; the input URL redacted, so
+        that a presigned input re-issued with a fresh signature is the same run."""
+        from inseq_ray.redact import redact_url
+
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("results")}
+        return {**out, "input": redact_url(self.input)}
 
     def validate(self) -> None:
         if not self.input or not self.output:

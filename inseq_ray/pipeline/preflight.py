@@ -13,7 +13,8 @@ import uuid
 from inseq_ray.errors import Reason
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.shards import InputFiles, Record, Shard, input_identity, list_inputs, plan_shards, read_shard
-from inseq_ray.pipeline.storage import Storage, StorageError, redact_url
+from inseq_ray.pipeline.storage import Storage, StorageError
+from inseq_ray.redact import redact_text, redact_url
 
 CREDENTIAL_HINT = (
     "no credentials were found for {url}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE for a "
@@ -129,5 +130,5 @@ def _remote_error(verb: str, url: str, e: Exception) -> str:
     safe = redact_url(url)
     if "credential" in str(e).lower() or type(e).__name__ == "NoCredentialsError":
         return f"cannot {verb}: " + CREDENTIAL_HINT.format(url=safe) + "."
-    first = (str(e).strip().splitlines() or [""])[0][:200]
+    first = (redact_text(str(e)).strip().splitlines() or [""])[0][:200]
     return f"cannot {verb} at {safe}: {type(e).__name__}: {first}"

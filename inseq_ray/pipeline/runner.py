@@ -30,7 +30,8 @@ from inseq_ray.pipeline.data import ShardBatch, check_blocks
 from inseq_ray.pipeline.preflight import estimate_records, preflight
 from inseq_ray.pipeline.progress import ProgressCounter, RecordProgress, poll_counter
 from inseq_ray.pipeline.shards import Shard
-from inseq_ray.pipeline.storage import Storage, redact_url
+from inseq_ray.pipeline.storage import Storage
+from inseq_ray.redact import redact_text, redact_url
 
 
 class ShardWorker:
@@ -47,6 +48,14 @@ class ShardWorker:
         self.on_records = on_records or (lambda n: None)
 
     def process(self, shard: dict) -> dict:
+        try:
+            return self._process(shard)
+        except Exception as e:  # the shard's URL may be presigned: no signature leaves this actor in a message
+            if redact_text(str(e)) == str(e):
+                raise
+            raise ShardError(f"{type(e).__name__}: {redact_text(str(e))}") from None
+
+    def _process(self, shard: dict) -> dict:
         batch = ShardBatch(Shard(**shard), on_records=self.on_records)
         for block in self.blocks:
             if hasattr(block, "begin"):
@@ -106,7 +115,7 @@ def run_ray(
         for row in ds.iter_rows():
             yield json.loads(row["summary"])
     except Exception as e:
-        raise PipelineError(f"{one_line(e)} (full logs: {_ray_log_dir()})") from None
+        raise PipelineError(f"{redact_text(one_line(e))} (full logs: {_ray_log_dir()})") from None
     finally:
         stop.set()
 
@@ -119,6 +128,10 @@ def bound_worker(cfg: dict, blocks: tuple, counter=None) -> type:
             super().__init__(cfg, blocks, None if counter is None else counter.add.remote)
 
     return BoundShardWorker
+
+
+class ShardError(RuntimeError):
+    """A shard failed with a message that named a signed URL: the same message, redacted."""
 
 
 class PipelineError(RuntimeError):

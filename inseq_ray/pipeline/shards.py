@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 import fsspec
 
 from inseq_ray.errors import Reason
-from inseq_ray.pipeline.storage import redact_url, refuse_credentials, storage_options
+from inseq_ray.pipeline.storage import refuse_credentials, storage_options
+from inseq_ray.redact import redact_url
 
 FORMATS = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
@@ -66,12 +67,22 @@ COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".xz": "xz"}  # re
 GLOB_CHARS = "*?["
 
 
+def file_name_part(path: str) -> str:
+    """The part of a path or URL that names the file: an HTTP(S) URL's query and fragment dropped
+    (``https://h/c.txt.gz?X-Amz-Signature=...`` -> ``https://h/c.txt.gz``)."""
+    if path.startswith(("http://", "https://")):
+        return path.split("#", 1)[0].split("?", 1)[0]
+    return path
+
+
 def compression_of(path: str) -> str | None:
     """fsspec compression name from the file's suffix, or None."""
+    path = file_name_part(path)
     return next((name for ext, name in COMPRESSIONS.items() if path.endswith(ext)), None)
 
 
 def strip_compression(path: str) -> str:
+    path = file_name_part(path)
     ext = next((e for e in COMPRESSIONS if path.endswith(e)), "")
     return path[: len(path) - len(ext)] if ext else path
 
@@ -86,7 +97,8 @@ def detect_format(path: str, fmt: str | None) -> str:
         if plain.endswith(ext):
             return name
     raise ValueError(
-        f"Cannot tell the format of {path!r} from its extension; pass input_format (text, jsonl, csv, parquet)."
+        f"Cannot tell the format of {redact_url(path)!r} from its extension; pass input_format (text, jsonl, csv, "
+        "parquet)."
     )
 
 
@@ -157,7 +169,9 @@ def input_identity(files: InputFiles) -> dict[str, dict]:
 
 
 def _rel(path: str, base: str) -> str:
-    return path[len(base) :].lstrip("/") or path.rsplit("/", 1)[-1]
+    """The file's key in tables, ids and ``_run.json``: relative to the input's base, redacted (a presigned
+    HTTP input keeps the same key, and its records the same ``seq_id``s, when its signature is re-issued)."""
+    return redact_url(path[len(base) :].lstrip("/") or path.rsplit("/", 1)[-1])
 
 
 def plan_shards(

@@ -18,6 +18,7 @@ from typing import Any
 import fsspec
 
 from inseq_ray.errors import UnsafeKeyError
+from inseq_ray.redact import redact_url
 
 SAFE_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 
@@ -29,10 +30,6 @@ def safe_part(part: str) -> str:
     return part
 
 
-SECRET_QUERY_KEYS = re.compile(
-    r"(?i)^(x-amz-(signature|credential|security-token)|signature|sig|se|sp|sv|token|access_token|"
-    r"x-goog-(signature|credential)|googleaccessid|awsaccesskeyid|key|password|secret)$"
-)
 # Transient errors (503 SlowDown, throttling, timeouts) are retried by botocore with exponential backoff
 # (standard mode: ``attempts`` tries, at most 20 s apart: with the default 8, about 1.5 minutes of outage per
 # request); s3fs's own retry loop is set to one pass so the bound holds. A longer outage fails the shard with
@@ -53,19 +50,6 @@ def storage_options(url: str, attempts: int = STORAGE_ATTEMPTS) -> dict:
 
 class StorageError(ValueError):
     """A write or read under the run prefix failed; the message names the URL and what to do."""
-
-
-def redact_url(url: str) -> str:
-    """Drop ``user:password@`` and secret query parameters (signatures, tokens) before a URL is logged or stored."""
-    url = re.sub(r"//[^/@]*@", "//", url)
-    if "?" not in url:
-        return url
-    base, query = url.split("?", 1)
-    kept = [
-        p if not SECRET_QUERY_KEYS.match(p.split("=", 1)[0]) else p.split("=", 1)[0] + "=REDACTED"
-        for p in query.split("&")
-    ]
-    return base + "?" + "&".join(kept)
 
 
 def refuse_credentials(url: str, what: str) -> None:
