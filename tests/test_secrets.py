@@ -162,7 +162,9 @@ def test_no_planted_secret_is_stored_or_printed_local_ray_and_report(tmp_path, s
     common = ["attribute-dataset", "--quiet", "--batch-size", "4"]
     try:
         runs = {
-            "aws-ray": _cli([*common, "--input", aws, "--output", f"{out}/aws"], _env(s3, ray_tmp)),
+            "aws-ray": _cli(
+                ["attribute-dataset", "--batch-size", "4", "--input", aws, "--output", f"{out}/aws"], _env(s3, ray_tmp)
+            ),  # progress on
             "gcs-local": _cli([*common, "--local", "--input", gcs, "--output", f"{out}/gcs"], _env(s3)),
             "config-local": _cli([*common, "--local", "--config", str(config), "--output", f"{out}/az"], _env(s3)),
             "token-local": _cli(
@@ -178,12 +180,16 @@ def test_no_planted_secret_is_stored_or_printed_local_ray_and_report(tmp_path, s
             _env(s3),
         )
         assert refused.returncode == 2 and "carries credentials" in refused.stderr
+        missing = _cli(
+            [*common, "--local", "--input", gcs.replace("corpus.txt", "gone.txt"), "--output", out], _env(s3)
+        )
+        assert missing.returncode == 2 and "gone.txt" in missing.stderr
         report_dir = tmp_path / "report"
         report = _cli(["report", f"{out}/aws", "--output", str(report_dir), "--sample", "3"], _env(s3))
         assert report.returncode == 0, report.stderr[-2000:]
 
         blobs = _s3_bytes(out) | _folder_bytes(report_dir) | _folder_bytes(ray_tmp)
-        for name, done in [*runs.items(), ("refused", refused), ("report", report)]:
+        for name, done in [*runs.items(), ("refused", refused), ("missing", missing), ("report", report)]:
             blobs[f"{name} stdout"], blobs[f"{name} stderr"] = done.stdout.encode(), done.stderr.encode()
         assert any(k.endswith("_run.json") for k in blobs) and any("/tables/sequences/" in k for k in blobs)
         assert any("/sequences/" in k and k.endswith(".json.gz") for k in blobs)
