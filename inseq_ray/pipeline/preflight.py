@@ -16,6 +16,7 @@ from inseq_ray.pipeline.shards import InputFiles, Record, Shard, input_identity,
 from inseq_ray.pipeline.storage import Storage, StorageError
 from inseq_ray.redact import redact_text, redact_url
 
+UNPARSED = (Reason.BAD_INPUT, Reason.BAD_JSON, Reason.INVALID_UTF8, Reason.EMPTY)
 CREDENTIAL_HINT = (
     "no credentials were found for {url}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE for a "
     "profile in ~/.aws), or run where an instance profile / workload identity provides them"
@@ -63,9 +64,10 @@ def _check_columns(cfg: PipelineConfig, shard: Shard, sample: int = 50) -> list[
         records.append(record)
         if len(records) >= sample:
             break
-    if records and all(r.error_reason == Reason.MISSING_COLUMN for r in records):
-        flag = "--contrast-column" if "contrast" in records[0].error_message else "--source-column"
-        raise ValueError(f"input: {records[0].error_message} in {shard.rel}; pass {flag} with the right name.")
+    parsed = [r for r in records if r.error_reason not in UNPARSED]  # malformed rows say nothing about columns
+    if parsed and all(r.error_reason == Reason.MISSING_COLUMN for r in parsed):
+        flag = "--contrast-column" if "contrast" in parsed[0].error_message else "--source-column"
+        raise ValueError(f"input: {parsed[0].error_message} in {shard.rel}; pass {flag} with the right name.")
     return records
 
 

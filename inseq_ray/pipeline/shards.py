@@ -193,10 +193,15 @@ def plan_shards(
                 start, end = j * shard_bytes, min(size, (j + 1) * shard_bytes)
                 shards.append(Shard(f"{i:05d}-{j:05d}", full, rel, kind, start, end, size=end - start))
         elif kind == "parquet":
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
-            with fs.open(path, "rb") as f:
-                meta = pq.ParquetFile(f).metadata
+            try:
+                with fs.open(path, "rb") as f:
+                    meta = pq.ParquetFile(f).metadata
+            except pa.ArrowInvalid:  # not Parquet (or empty): one shard, read as one error row naming the file
+                shards.append(Shard(f"{i:05d}-00000", full, rel, kind, 0, -1, size=size))
+                continue
             offset = 0
             for j in range(meta.num_row_groups):
                 rows = meta.row_group(j).num_rows
@@ -297,6 +302,7 @@ def read_shard(
 
 
 BOM = b"\xef\xbb\xbf"
+MAX_KEPT_CHARS = 10_000  # a refused pathological line is kept (for its error row) only up to this length
 
 
 def _lines(shard: Shard) -> Iterator[tuple[int, bytes]]:
@@ -341,6 +347,9 @@ def _iter_lines(f, chunk: int = 1 << 20) -> Iterator[bytes]:
 def _read_lines(
     shard: Shard, source_column: str, target_column: str | None, contrast_columns: Contrast
 ) -> Iterator[Record]:
+    if shard.size == 0 and shard.start == 0 and shard.end == 0:  # a zero-byte file: one row names it
+        yield _record(shard, 0, "", None, Reason.EMPTY, f"{shard.rel}: empty file")
+        return
     for pos, raw in _lines(shard):
         raw = raw.rstrip(b"\r\n")
         try:
@@ -372,6 +381,9 @@ def _json_record(
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         return _record(shard, pos, line, None, Reason.BAD_JSON, f"invalid JSON: {e.msg}")
+    except (ValueError, RecursionError) as e:  # a 5,000-digit integer, 100,000 nested brackets: this line only
+        first = str(e).split(";")[0][:200]
+        return _record(shard, pos, line[:MAX_KEPT_CHARS], None, Reason.BAD_JSON, f"JSON this reader refuses: {first}")
     if not isinstance(obj, dict) or not isinstance(obj.get(source_column), str):
         return _record(shard, pos, line, None, Reason.MISSING_COLUMN, f"no string column {source_column!r}")
     target = obj.get(target_column) if target_column else None
@@ -439,23 +451,23 @@ def _first_record(f) -> bytes:
 def _read_table(
     shard: Shard, source_column: str, target_column: str | None, contrast_columns: Contrast
 ) -> Iterator[Record]:
-    """CSV files and Parquet row groups; malformed CSV rows and a missing source column become error records."""
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
+    """CSV files and Parquet row groups; malformed CSV rows, rows that are not UTF-8 and a missing source column
+    become error records, and a file that cannot be parsed at all (empty, not CSV/Parquet) is one error record."""
+    import pyarrow as pa
 
     bad_rows: list = []
-    with fsspec.open(shard.url, "rb", compression=compression_of(shard.url), **storage_options(shard.url)) as f:
-        if shard.fmt == "csv":
-            opts = pcsv.ParseOptions(invalid_row_handler=lambda row: bad_rows.append(row) or "skip")
-            read = pcsv.ReadOptions(encoding="utf8")
-            table = pcsv.read_csv(io.BytesIO(_csv_bytes(f, shard)), read_options=read, parse_options=opts)
-        else:
-            table = pq.ParquetFile(f).read_row_group(shard.start)
-    for row in bad_rows:  # position: the row's index in the file (its line, for whole-file shards)
+    try:
+        table = _table(shard, bad_rows)
+    except pa.ArrowInvalid as e:  # parse errors only: a store's I/O error fails the shard (retried, resumable)
+        first = (str(e).strip().splitlines() or ["unreadable"])[0][:200]
+        what = "empty file" if shard.size == 0 else f"cannot read it as {shard.fmt}: {first}"
+        yield _record(shard, shard.offset, "", None, Reason.EMPTY if shard.size == 0 else Reason.BAD_INPUT,
+                      f"{shard.rel}: {what}")  # fmt: skip
+        return
+    for row in bad_rows:  # position: the row's index among the file's data rows (0-based), malformed ones included
         text = row.text or ""
         msg = f"CSV row has {row.actual_columns} fields, the header has {row.expected_columns}"
-        position = shard.offset + max(0, int(row.number or 2) - 2) if shard.end >= 0 else int(row.number or 0)
-        yield _record(shard, position, text, None, Reason.BAD_INPUT, msg)
+        yield _record(shard, shard.offset + max(0, int(row.number or 2) - 2), text, None, Reason.BAD_INPUT, msg)
     for column, flag in (
         (source_column, "--source-column"),
         *((c, "--contrast-column") for c in contrast_columns if c),
@@ -464,15 +476,67 @@ def _read_table(
             msg = f"{shard.rel} has no column {column!r} (columns: {', '.join(table.column_names)}): pass {flag}"
             yield _record(shard, shard.offset, ",".join(table.column_names), None, Reason.MISSING_COLUMN, msg)
             return
-    contrasts = list(zip(*(table.column(c).to_pylist() if c else [None] * table.num_rows for c in contrast_columns)))
-    sources = table.column(source_column).to_pylist()
-    targets = (
-        table.column(target_column).to_pylist()
-        if target_column and target_column in table.column_names
-        else [None] * len(sources)
-    )
-    for i, (src, tgt, contrast) in enumerate(zip(sources, targets, contrasts, strict=True)):
-        pos = shard.offset + i
+    yield from _table_records(shard, table, source_column, target_column, contrast_columns, _positions(bad_rows))
+
+
+def _table(shard: Shard, bad_rows: list):
+    """The shard's rows as an Arrow table; malformed CSV rows are skipped and appended to ``bad_rows``.
+    String columns are not checked for UTF-8 here: a column holding invalid bytes arrives as binary and is
+    decoded row by row (one ``invalid_utf8`` row per bad value, never the whole file)."""
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    with fsspec.open(shard.url, "rb", compression=compression_of(shard.url), **storage_options(shard.url)) as f:
+        if shard.fmt == "csv":
+            opts = pcsv.ParseOptions(invalid_row_handler=lambda row: bad_rows.append(row) or "skip")
+            convert = pcsv.ConvertOptions(check_utf8=False, strings_can_be_null=False)
+            read = pcsv.ReadOptions(use_threads=False)  # malformed rows keep their row numbers (threads lose them)
+            data = io.BytesIO(_csv_bytes(f, shard))
+            return pcsv.read_csv(data, read_options=read, parse_options=opts, convert_options=convert)
+        return pq.ParquetFile(f).read_row_group(shard.start)
+
+
+def _positions(bad_rows: list) -> list[int]:
+    """0-based data-row indices (within the shard) of the malformed CSV rows that were skipped."""
+    return sorted(max(0, int(row.number or 2) - 2) for row in bad_rows)
+
+
+def _column(table, column: str) -> list:
+    """A column as Python values; text as bytes (CSV text is not UTF-8-checked on read: each value is decoded on
+    its own, so a bad byte sequence is its row's error)."""
+    import pyarrow as pa
+
+    col = table.column(column)
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        col = col.cast(pa.large_binary())  # a view of the same bytes, no validation
+    return col.to_pylist()
+
+
+def _table_records(
+    shard: Shard, table, source_column: str, target_column: str | None, contrast_columns: Contrast, skipped: list[int]
+) -> Iterator[Record]:
+    """One record per row; ``skipped``: data-row indices of malformed rows already reported (a row's position is its
+    index among all the data rows of the file, so rows after a malformed one keep their own)."""
+    n = table.num_rows
+    sources = _column(table, source_column)
+    targets = _column(table, target_column) if target_column and target_column in table.column_names else [None] * n
+    contrasts = list(zip(*(_column(table, c) if c else [None] * n for c in contrast_columns)))
+    names = (source_column, target_column, *contrast_columns)
+    index, skip = 0, iter(skipped)
+    next_skip = next(skip, None)
+    for src, tgt, contrast in zip(sources, targets, contrasts, strict=True):
+        while next_skip is not None and next_skip <= index:
+            index, next_skip = index + 1, next(skip, None)
+        pos = shard.offset + index
+        index += 1
+        bad = next((name for name, v in zip(names, (src, tgt, *contrast)) if name and isinstance(v, bytes)
+                    and not _utf8(v)), None)  # fmt: skip
+        if bad:
+            raw = src.decode("utf-8", "backslashreplace") if isinstance(src, bytes) else str(src)
+            yield _record(shard, pos, raw, None, Reason.INVALID_UTF8, f"column {bad!r} is not UTF-8 in this row")
+            continue
+        src, tgt = _text(src), _text(tgt)
+        contrast = tuple(_text(v) for v in contrast)
         missing = next((c for c, v in zip(contrast_columns, contrast) if c and not isinstance(v, str)), None)
         if missing and isinstance(src, str):
             yield _record(shard, pos, src, None, Reason.MISSING_COLUMN, f"no string value in column {missing!r}")
@@ -484,7 +548,20 @@ def _read_table(
                 "" if src is None else str(src),
                 None,
                 Reason.EMPTY if src is None else Reason.MISSING_COLUMN,
-                "source is not text",
+                f"column {source_column!r} holds no text in this row" + ("" if src is None else f" ({src!r})"),
             )
             continue
         yield _check_text(shard, pos, src, tgt if isinstance(tgt, str) else None, contrast)
+
+
+def _utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _text(value):
+    """Decoded text for bytes (already checked to be UTF-8), the value itself otherwise."""
+    return value.decode("utf-8") if isinstance(value, bytes) else value

@@ -1,0 +1,77 @@
+"""Integrity, round 3: one bad record or file is one error row; a prefix is never shared by two configurations;
+input that changes under a run is refused; the report trusts nothing in a run's tables; crafted files."""
+
+from __future__ import annotations
+
+import json
+
+from inseq_ray.errors import Reason
+from inseq_ray.pipeline.config import PipelineConfig
+from inseq_ray.pipeline.runner import run
+from inseq_ray.pipeline.shards import plan_shards, read_shard
+from inseq_ray.toy.tasks import translation_corpus
+from tests.test_pipeline import check_complete
+
+SENTENCES = [s for s, _, _ in translation_corpus(40, seed=13)]
+
+
+def local(tmp_path, inp, out="run", **kw) -> PipelineConfig:
+    return PipelineConfig(input=str(inp), output=str(tmp_path / out), use_ray=False, **kw)
+
+
+def records_of(path) -> list:
+    return [r for s in plan_shards(str(path), shard_bytes=1024) for r in read_shard(s)]
+
+
+# 4. a pathological record or an unreadable file is one error row, never an abort
+def test_pathological_json_lines_are_one_bad_json_row_each(tmp_path):
+    path = tmp_path / "c.jsonl"
+    lines = [json.dumps({"source": s}) for s in SENTENCES[:4]]
+    lines.insert(1, '{"source": ' + "[" * 100_000 + "]" * 100_000 + "}")  # RecursionError in json
+    lines.insert(3, '{"source": 1' + "0" * 5000 + "}")  # int digits limit: ValueError in json
+    path.write_text("\n".join(lines) + "\n")
+    recs = records_of(path)
+    assert [r.error_reason for r in recs] == ["", Reason.BAD_JSON, "", Reason.BAD_JSON, "", ""]
+    assert "recursion" in recs[1].error_message and "digits" in recs[3].error_message
+    run(local(tmp_path, path), progress=False)
+    _, seqs, errs = check_complete(tmp_path / "run", 6)
+    assert seqs.height == 4 and errs["reason"].to_list() == [Reason.BAD_JSON] * 2
+
+
+def test_unreadable_and_zero_byte_files_are_one_row_each_naming_them(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.txt").write_text("".join(s + "\n" for s in SENTENCES[:3]))
+    for name in ("empty.csv", "empty.txt", "empty.jsonl", "empty.parquet"):
+        (folder / name).write_bytes(b"")
+    (folder / "junk.parquet").write_bytes(b"this is not parquet at all")
+    run(local(tmp_path, folder), progress=False)
+    _, seqs, errs = check_complete(tmp_path / "run", 3 + 5)
+    assert seqs.height == 3
+    by_file = dict(zip(errs["source_file"], errs["reason"], strict=True))
+    assert by_file == {
+        "empty.csv": Reason.EMPTY,
+        "empty.txt": Reason.EMPTY,
+        "empty.jsonl": Reason.EMPTY,
+        "empty.parquet": Reason.EMPTY,
+        "junk.parquet": Reason.BAD_INPUT,
+    }
+    assert all(f in m for f, m in zip(errs["source_file"], errs["message"], strict=True))
+
+
+def test_a_csv_row_with_invalid_utf8_is_that_rows_error_and_positions_are_row_indices(tmp_path):
+    path = tmp_path / "c.csv"
+    rows = [f"{i},{s}" for i, s in enumerate(SENTENCES[:6])]
+    data = ("id,text\n" + "\n".join(rows[:2]) + "\n").encode()
+    data += b"2,the cat \xff\xfe sees\n"  # row 2: not UTF-8
+    data += b"3,too,many,fields\n"  # row 3: malformed
+    data += ("\n".join(rows[4:]) + "\n").encode()  # rows 4, 5
+    path.write_bytes(data)
+    for shard_bytes in (1 << 20, 1024):  # one whole-file shard, or byte ranges
+        recs = [r for s in plan_shards(str(path), shard_bytes=shard_bytes) for r in read_shard(s, "text")]
+        by_pos = {r.position: r for r in recs}
+        assert sorted(by_pos) == [0, 1, 2, 3, 4, 5]
+        assert by_pos[2].error_reason == Reason.INVALID_UTF8 and "'text'" in by_pos[2].error_message
+        assert by_pos[3].error_reason == Reason.BAD_INPUT
+        for i in (0, 1, 4, 5):  # a row's position is its index among the file's data rows
+            assert by_pos[i].source == SENTENCES[i] and not by_pos[i].error_reason
