@@ -10,6 +10,8 @@ with safetensors (a pure data format) or, for files of older Inseq versions, jso
 from __future__ import annotations
 
 import base64
+import json
+import math
 from typing import Any
 
 import numpy as np
@@ -147,12 +149,41 @@ def _read_token(d: Any) -> TokenWithId:
     return TokenWithId(str(token), int(idx))
 
 
+SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
+                        "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}  # fmt: skip
+
+
+def check_safetensors(blob: bytes) -> None:
+    """Refuse a safetensors blob whose header does not describe exactly the bytes it holds, before anything is
+    allocated from it (a header may claim any size: 100 GB, offsets past the end, a dtype that does not fit)."""
+    if len(blob) < 8:
+        raise ValueError("a tensor blob is shorter than a safetensors header")
+    n = int.from_bytes(blob[:8], "little")
+    if n > len(blob) - 8:
+        raise ValueError(f"a tensor blob's header claims {n:,} bytes, more than the blob's {len(blob) - 8:,}")
+    header = json.loads(blob[8 : 8 + n])
+    data = len(blob) - 8 - n
+    if not isinstance(header, dict):
+        raise ValueError("a tensor blob's header is not a JSON object")
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in SAFETENSORS_ITEMSIZE or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ValueError(f"tensor {key!r}: dtype {dtype!r} or shape {shape!r} is not valid")
+        want = math.prod(shape) * SAFETENSORS_ITEMSIZE[dtype]
+        if not (0 <= begin <= end <= data) or end - begin != want:
+            raise ValueError(f"tensor {key!r}: offsets {begin}..{end} do not hold {shape} x {dtype} in {data:,} bytes")
+
+
 def _tensor(v: Any) -> torch.Tensor | None:
     """A tensor as Inseq stores it: base64 safetensors (0.6+), or json_tricks' ``__ndarray__`` (older)."""
     if v is None:
         return None
     if isinstance(v, str):
-        tensors = safetensors.torch.load(base64.b64decode(v, validate=True))
+        blob = base64.b64decode(v, validate=True)
+        check_safetensors(blob)
+        tensors = safetensors.torch.load(blob)
         if set(tensors) != {"attribution"}:
             raise ValueError(f"a tensor blob holds {sorted(tensors)}, expected one named 'attribution'")
         return tensors["attribution"].float()

@@ -148,8 +148,9 @@ def from_bytes(raw: bytes, name: str = "<bytes>", limit: int = MAX_FILE_BYTES) -
         raise AttributionFileError(f"{name}: {e}") from None
     except RecursionError:
         raise AttributionFileError(f"{name}: JSON nested too deeply to be an attribution file.") from None
-    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError, OverflowError) as e:
-        raise AttributionFileError(f"{name}: not a valid attribution file ({type(e).__name__}: {e}).") from None
+    except Exception as e:  # any parser's own error (safetensors', numpy's, torch's): one line naming the file
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise AttributionFileError(f"{name}: not a valid attribution file ({type(e).__name__}: {first}).") from None
 
 
 def _gunzip_capped(raw: bytes, name: str, limit: int) -> bytes:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from inseq_ray.errors import Reason
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.runner import run
@@ -75,3 +77,68 @@ def test_a_csv_row_with_invalid_utf8_is_that_rows_error_and_positions_are_row_in
         assert by_pos[3].error_reason == Reason.BAD_INPUT
         for i in (0, 1, 4, 5):  # a row's position is its index among the file's data rows
             assert by_pos[i].source == SENTENCES[i] and not by_pos[i].error_reason
+
+
+# 7. crafted safetensors blobs inside Inseq-format files: one AttributionFileError naming the file
+def _with_blob(doc, edit):
+    """``doc`` (an Inseq-format file's JSON) with its first base64 safetensors blob passed through ``edit``."""
+    import base64
+
+    def walk(x):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if isinstance(v, str) and len(v) > 40 and k in ("source_attributions", "target_attributions"):
+                    x[k] = base64.b64encode(edit(base64.b64decode(v))).decode()
+                    return True
+                if walk(v):
+                    return True
+        if isinstance(x, list):
+            return any(walk(v) for v in x)
+        return False
+
+    assert walk(doc)
+    return doc
+
+
+def test_crafted_safetensors_headers_are_refused_naming_the_file(gpt2, tmp_path):
+    import struct
+
+    import inseq_ray as inseq
+
+    out = gpt2.attribute("the cat sat", "the cat sat on the mat")
+    (path,) = out.save(str(tmp_path / "good.json"), format="inseq")
+    doc = json.loads(open(path).read())
+
+    def header(blob):
+        n = struct.unpack("<Q", blob[:8])[0]
+        return json.loads(blob[8 : 8 + n]), blob[8 + n :]
+
+    def rebuild(h, data):
+        raw = json.dumps(h).encode()
+        return struct.pack("<Q", len(raw)) + raw + data
+
+    def huge_shape(blob):
+        h, data = header(blob)
+        h["attribution"]["shape"] = [100_000, 100_000, 10]  # 100 GB of float32 claimed
+        return rebuild(h, data)
+
+    def past_end(blob):
+        h, data = header(blob)
+        h["attribution"]["data_offsets"] = [0, len(data) + 4096]
+        return rebuild(h, data)
+
+    def wrong_dtype(blob):
+        h, data = header(blob)
+        h["attribution"]["dtype"] = "F64"  # twice the bytes the offsets hold
+        return rebuild(h, data)
+
+    def header_length(blob):
+        return struct.pack("<Q", 10**11) + blob[8:]
+
+    for edit in (huge_shape, past_end, wrong_dtype, header_length):
+        bad = tmp_path / f"{edit.__name__}.json"
+        bad.write_text(json.dumps(_with_blob(json.loads(json.dumps(doc)), edit)))
+        with pytest.raises(inseq.AttributionFileError, match=f"{edit.__name__}.json") as e:
+            inseq.FeatureAttributionOutput.load(str(bad))
+        assert "\n" not in str(e.value)
+    assert inseq.FeatureAttributionOutput.load(path).sequence_attributions[0].target  # the untouched file loads
