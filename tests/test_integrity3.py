@@ -142,3 +142,41 @@ def test_crafted_safetensors_headers_are_refused_naming_the_file(gpt2, tmp_path)
             inseq.FeatureAttributionOutput.load(str(bad))
         assert "\n" not in str(e.value)
     assert inseq.FeatureAttributionOutput.load(path).sequence_attributions[0].target  # the untouched file loads
+
+
+# 6. an outage that outlasts the run's own failure: one line, the run's error
+def test_an_outage_during_cleanup_keeps_the_one_line_of_the_runs_error(tmp_path, monkeypatch):
+    from inseq_ray.pipeline.blocks import BLOCKS
+    from inseq_ray.pipeline.storage import Storage, StorageError
+
+    class StoreDown:
+        needs, provides = ("records",), ("records",)
+
+        def __init__(self, cfg):
+            pass
+
+        def __call__(self, batch):
+            def down(self, *parts):  # from now on every read of the store fails too
+                raise StorageError("cannot read s3://b/run/_shards: Service Unavailable (check that --output ...)")
+
+            monkeypatch.setattr(Storage, "list_names", down)
+            monkeypatch.setattr(Storage, "delete", down)
+            raise StorageError("cannot write s3://b/run/tables/x: Service Unavailable (check that --output ...)")
+
+    path = tmp_path / "c.txt"
+    path.write_text("".join(s + "\n" for s in SENTENCES[:3]))
+    with pytest.raises(StorageError, match="cannot write") as e:
+        run(local(tmp_path, path), progress=False, blocks=(BLOCKS[0], StoreDown, *BLOCKS[1:]))
+    assert e.value.__context__ is None or "cannot read" not in str(e.value)  # the run's own error, alone
+    assert len(str(e.value).splitlines()) == 1
+
+
+# 8. a path that exists as given is read as given, glob characters and all
+def test_a_literal_file_name_with_glob_characters_is_read_as_given(tmp_path):
+    (tmp_path / "[1].txt").write_text(SENTENCES[0] + "\n")
+    (tmp_path / "1.txt").write_text(SENTENCES[1] + "\n")
+    (tmp_path / "d[x]").mkdir()
+    (tmp_path / "d[x]" / "a.txt").write_text(SENTENCES[2] + "\n")
+    assert [r.source for r in records_of(tmp_path / "[1].txt")] == [SENTENCES[0]]
+    assert [r.source for r in records_of(tmp_path / "d[x]")] == [SENTENCES[2]]
+    assert sorted(r.source for r in records_of(tmp_path / "[1]*.txt")) == [SENTENCES[1]]  # a real glob still globs

@@ -240,13 +240,10 @@ def run(cfg: PipelineConfig, progress: bool = True, blocks: Sequence[Callable] =
     except BaseException as e:
         if bar is not None:
             bar.bar.close()
-        committed = len(storage.list_names("_shards"))
-        if created and not committed:  # nothing committed: leave the prefix reusable
-            storage.delete("_run.json")
+        committed = _release_failed_start(storage, created)
         if isinstance(e, KeyboardInterrupt):
-            raise RunInterrupted(
-                f"interrupted after {committed}/{len(shards)} shards; rerun the same command to resume"
-            ) from None
+            done_part = f"{committed}/{len(shards)}" if committed is not None else "some"
+            raise RunInterrupted(f"interrupted after {done_part} shards; rerun the same command to resume") from None
         raise
     elapsed = time.perf_counter() - start
     if bar is not None:
@@ -255,6 +252,19 @@ def run(cfg: PipelineConfig, progress: bool = True, blocks: Sequence[Callable] =
     manifest = build_manifest(cfg, shards, summaries, len(new), elapsed)
     storage.write_json(manifest, "manifest.json")
     return manifest
+
+
+def _release_failed_start(storage: Storage, created: bool) -> int | None:
+    """After a failure: how many shards are committed, and (nothing committed by a run this driver created) the
+    claim removed so the prefix stays reusable. The store may be down too (the failure may be that outage):
+    then nothing is touched, None is returned, and the run's own error is the one reported."""
+    try:
+        committed = len(storage.list_names("_shards"))
+        if created and not committed:
+            storage.delete("_run.json")
+        return committed
+    except Exception:
+        return None
 
 
 def claim_run(storage: Storage, record: dict) -> bool:

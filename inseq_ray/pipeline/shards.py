@@ -131,7 +131,7 @@ def list_inputs(url: str) -> InputFiles:
     fs, root = fsspec.core.url_to_fs(url, **storage_options(url))
     if _is_http(fs):  # one file per URL: HTTP has no listing
         infos, base = _info_or_none(fs, root), root.rsplit("/", 1)[0]
-    elif any(c in root for c in GLOB_CHARS):
+    elif any(c in root for c in GLOB_CHARS) and not fs.exists(root):  # a path that exists as given is read as given
         infos = {p: i for p, i in fs.glob(root, detail=True).items() if i.get("type") == "file"}
         base = glob_base(root)
     elif fs.isdir(root):
