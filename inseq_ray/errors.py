@@ -51,12 +51,17 @@ class AttributionFileError(ValueError):
     """A saved attribution file that cannot be read (broken, not ours, or over the size limits); names the file."""
 
 
+class InputChangedError(ValueError):
+    """An input file changed after the run planned it (size or version); the message names the file."""
+
+
 class NonFiniteAttributionError(ArithmeticError):
     """Attributions of an input contain inf/NaN (e.g. fp16 overflow); names the input."""
 
 
 __all__ = [
     "AttributionFileError",
+    "InputChangedError",
     "InputError",
     "ModelConformanceError",
     "NonFiniteAttributionError",

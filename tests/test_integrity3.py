@@ -4,6 +4,7 @@ input that changes under a run is refused; the report trusts nothing in a run's 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -180,3 +181,68 @@ def test_a_literal_file_name_with_glob_characters_is_read_as_given(tmp_path):
     assert [r.source for r in records_of(tmp_path / "[1].txt")] == [SENTENCES[0]]
     assert [r.source for r in records_of(tmp_path / "d[x]")] == [SENTENCES[2]]
     assert sorted(r.source for r in records_of(tmp_path / "[1]*.txt")) == [SENTENCES[1]]  # a real glob still globs
+
+
+# 2. input that changes during a run, or between runs whatever its mtime says, is refused naming the file
+class _InsertLineAfterFirstCommit:
+    """A last block: after the first shard commits, a line is inserted at the top of the input file."""
+
+    needs, provides = ("summary",), ()
+
+    def __init__(self, cfg):
+        self.path, self.done = cfg.input, False
+
+    def __call__(self, batch):
+        if not self.done:
+            self.done = True
+            with open(self.path, "r+") as f:
+                rest = f.read()
+                f.seek(0)
+                f.write("an inserted line\n" + rest)
+        return batch
+
+
+class _FailSecondShard:
+    needs, provides = ("records",), ("records",)
+
+    def __init__(self, cfg):
+        self.seen = 0
+
+    def __call__(self, batch):
+        self.seen += 1
+        if self.seen == 2:
+            raise RuntimeError("stop after one shard")
+        return batch
+
+
+def test_a_file_changed_during_a_run_is_refused_naming_it(tmp_path):
+    from inseq_ray.errors import InputChangedError
+    from inseq_ray.pipeline.blocks import BLOCKS
+    from inseq_ray.pipeline.runner import RunConflictError
+
+    path = tmp_path / "c.txt"
+    path.write_text("".join(s + "\n" for s in SENTENCES[:30]))
+    cfg = local(tmp_path, path, shard_bytes=1024)
+    with pytest.raises(InputChangedError, match="c.txt changed while the run was using it"):
+        run(cfg, progress=False, blocks=(*BLOCKS, _InsertLineAfterFirstCommit))
+    assert len(list((tmp_path / "run" / "_shards").glob("*.json"))) == 1  # the first shard only: nothing mixed
+    with pytest.raises(RunConflictError, match="changed: c.txt"):
+        run(cfg, progress=False)
+
+
+def test_an_edit_of_the_same_size_with_its_mtime_restored_is_refused_on_resume(tmp_path):
+    from inseq_ray.pipeline.blocks import BLOCKS
+    from inseq_ray.pipeline.runner import RunConflictError
+
+    path = tmp_path / "c.txt"
+    path.write_text("".join(s + "\n" for s in SENTENCES[:30]))
+    cfg = local(tmp_path, path, shard_bytes=1024)
+    with pytest.raises(RuntimeError, match="stop after one shard"):
+        run(cfg, progress=False, blocks=(BLOCKS[0], _FailSecondShard, *BLOCKS[1:]))
+    before = os.stat(path)
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"the", b"THE", 1))  # same size, other content
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(path).st_size == before.st_size and os.stat(path).st_mtime_ns == before.st_mtime_ns
+    with pytest.raises(RunConflictError, match="changed: c.txt"):
+        run(cfg, progress=False)

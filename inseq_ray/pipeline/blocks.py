@@ -16,7 +16,7 @@ from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenc
 from inseq_ray.pipeline import tables
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.data import ShardBatch, ShardSummary
-from inseq_ray.pipeline.shards import Record, read_shard
+from inseq_ray.pipeline.shards import Record, check_unchanged, read_shard
 from inseq_ray.pipeline.storage import Storage
 from inseq_ray.serialization import to_bytes
 
@@ -40,6 +40,7 @@ class ReadShard:
         cfg = self.cfg
         contrast = (cfg.contrast_column, cfg.contrast_source_column)
         batch.records = list(read_shard(batch.shard, cfg.source_column, cfg.target_column, contrast))
+        check_unchanged(batch.shard)  # after the read: a file changed before or during it is refused, naming it
         return batch
 
 

@@ -11,11 +11,11 @@ import hashlib
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import fsspec
 
-from inseq_ray.errors import Reason
+from inseq_ray.errors import InputChangedError, Reason
 from inseq_ray.pipeline.storage import refuse_credentials, storage_options
 from inseq_ray.redact import redact_url
 
@@ -34,6 +34,8 @@ class Shard:
     end: int
     offset: int = 0  # parquet: rows before this row group (record position = offset + row)
     size: int = 0  # bytes this shard covers (for progress)
+    file_size: int = -1  # the whole file's size and version when the run was planned (-1: not known)
+    file_version: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -161,11 +163,35 @@ def input_identity(files: InputFiles) -> dict[str, dict]:
 
     Stored in ``_run.json`` so that a resume against changed input is refused, naming the files.
     """
-    out = {}
-    for path, info in files.infos.items():
-        version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
-        out[_rel(path, files.base)] = {"size": int(info.get("size") or 0), "version": str(version).strip('"')}
-    return out
+    return {_rel(path, files.base): _identity(info) for path, info in files.infos.items()}
+
+
+def _identity(info: dict) -> dict:
+    """{size, version} of one file from its listing entry. The version is the store's own (S3/HTTP ETag, GCS
+    generation); locally the modification *and* status-change times (ctime cannot be set back: an edit whose
+    mtime was restored still shows)."""
+    version = info.get("ETag") or info.get("etag") or info.get("generation") or ""
+    if not version and "created" in info and "mtime" in info:  # fsspec's local files: created = st_ctime
+        version = f"{info['mtime']}:{info['created']}"
+    version = version or info.get("mtime") or info.get("LastModified") or ""
+    return {"size": int(info.get("size") or 0), "version": str(version).strip('"')}
+
+
+def check_unchanged(shard: Shard) -> None:
+    """Raise :class:`InputChangedError` if the shard's file no longer has the size and version it was planned
+    with (checked after its records are read, so a change during the read shows too)."""
+    if shard.file_size < 0:
+        return
+    fs, path = fsspec.core.url_to_fs(shard.url, **storage_options(shard.url))
+    fs.invalidate_cache(path)
+    now = _identity(fs.info(path))
+    then = {"size": shard.file_size, "version": shard.file_version}
+    if now["size"] != then["size"] or (then["version"] and now["version"] != then["version"]):
+        what = f"size {then['size']} -> {now['size']}" if now["size"] != then["size"] else "its version changed"
+        raise InputChangedError(
+            f"input file {shard.rel} changed while the run was using it ({what}); records read before and after "
+            "would not match. Leave the input unchanged during a run (write new records to new files), then rerun."
+        )
 
 
 def _rel(path: str, base: str) -> str:
@@ -214,7 +240,9 @@ def plan_shards(
                 shards.append(Shard(f"{i:05d}-{j:05d}", full, rel, kind, start, end, rows_before, end - start))
         else:
             shards.append(Shard(f"{i:05d}-00000", full, rel, kind, 0, -1, size=size))
-    return shards
+    local = protocol in ("file", "local")
+    ids = {(p if local else fs.unstrip_protocol(p)): _identity(info) for p, info in files.infos.items()}
+    return [replace(s, file_size=ids[s.url]["size"], file_version=ids[s.url]["version"]) for s in shards]
 
 
 def csv_ranges(fs, path: str, shard_bytes: int, chunk: int = 64 << 20) -> list[tuple[int, int, int]]:
