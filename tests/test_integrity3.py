@@ -246,3 +246,111 @@ def test_an_edit_of_the_same_size_with_its_mtime_restored_is_refused_on_resume(t
     assert os.stat(path).st_size == before.st_size and os.stat(path).st_mtime_ns == before.st_mtime_ns
     with pytest.raises(RunConflictError, match="changed: c.txt"):
         run(cfg, progress=False)
+
+
+# 1. a prefix claim cannot be stolen from a live run, and a manifest is never written over mixed markers
+class _Gate:
+    """A block that signals ``started`` on its first shard, waits for ``go``, then raises ``then`` (if any)."""
+
+    def __init__(self, started, go, then=None):
+        self.started, self.go, self.then = started, go, then
+
+    def __call__(self, cfg):
+        gate = self
+
+        class Gate:
+            needs, provides = ("records",), ("records",)
+
+            def __init__(self, cfg):
+                pass
+
+            def __call__(self, batch):
+                gate.started.set()
+                assert gate.go.wait(300), "the test never opened the gate"
+                if gate.then is not None:
+                    raise gate.then
+                return batch
+
+        return Gate(cfg)
+
+
+def test_a_failed_start_does_not_free_a_prefix_another_driver_has_joined(tmp_path):
+    import threading
+
+    from inseq_ray.pipeline.blocks import BLOCKS
+    from inseq_ray.pipeline.runner import RunConflictError
+
+    path = tmp_path / "c.txt"
+    path.write_text("".join(s + "\n" for s in SENTENCES[:12]))
+    a_started, a_go, b_started, b_go = (threading.Event() for _ in range(4))
+    outcome: dict = {}
+
+    def drive(name, gate):
+        try:
+            outcome[name] = run(local(tmp_path, path), progress=False, blocks=(BLOCKS[0], gate, *BLOCKS[1:]))
+        except BaseException as e:  # A's Ctrl-C arrives here as RunInterrupted
+            outcome[name] = e
+
+    a = threading.Thread(target=drive, args=("A", _Gate(a_started, a_go, KeyboardInterrupt())))
+    b = threading.Thread(target=drive, args=("B", _Gate(b_started, b_go)))
+    a.start()
+    assert a_started.wait(300)  # A created _run.json and is attributing its first shard
+    b.start()
+    assert b_started.wait(300)  # B joined with the same configuration
+    a_go.set()  # Ctrl-C in A before anything committed
+    a.join()
+    assert type(outcome["A"]).__name__ == "RunInterrupted"
+    assert (tmp_path / "run" / "_run.json").exists()  # B still works: the claim stays
+    with pytest.raises(RunConflictError, match="another configuration"):
+        run(local(tmp_path, path, method="attention"), progress=False)  # C cannot take the prefix
+    b_go.set()
+    b.join()
+    assert outcome["B"]["complete"] and outcome["B"]["ok"] == 12
+    markers = [json.loads(p.read_text()) for p in (tmp_path / "run" / "_shards").glob("*.json")]
+    assert {m["fingerprint"] for m in markers} == {local(tmp_path, path).fingerprint()}
+    assert run(local(tmp_path, path), progress=False)["already_complete"]
+    with pytest.raises(RunConflictError, match="another configuration"):
+        run(local(tmp_path, path, method="attention"), progress=False)
+    assert list((tmp_path / "run" / "_drivers").glob("*.json")) == []  # every lease released
+
+
+def test_a_lone_failed_start_frees_the_prefix_and_a_live_foreign_lease_blocks_a_fresh_claim(tmp_path):
+    from inseq_ray.pipeline.lease import DriverLease
+    from inseq_ray.pipeline.runner import RunConflictError
+    from inseq_ray.pipeline.storage import Storage
+
+    path = tmp_path / "c.txt"
+    path.write_text("".join(s + "\n" for s in SENTENCES[:4]))
+    with pytest.raises(RuntimeError, match="stop"):
+        run(local(tmp_path, path, shard_bytes=1024), progress=False, blocks=(_Boom,))
+    assert not (tmp_path / "run" / "_run.json").exists()  # alone and nothing committed: reusable
+    with DriverLease(Storage(str(tmp_path / "run")), "another-fingerprint"):  # a live driver of another config
+        with pytest.raises(RunConflictError, match="being written by another run"):
+            run(local(tmp_path, path), progress=False)
+    assert not (tmp_path / "run" / "_run.json").exists()
+    assert run(local(tmp_path, path), progress=False)["ok"] == 4  # its lease gone: the prefix is free
+
+
+class _Boom:
+    needs, provides = ("shard",), ("summary",)
+
+    def __init__(self, cfg):
+        pass
+
+    def __call__(self, batch):
+        raise RuntimeError("stop")
+
+
+def test_no_manifest_over_markers_of_another_configuration(tmp_path):
+    from inseq_ray.pipeline.runner import RunConflictError
+
+    path = tmp_path / "c.txt"
+    path.write_text("".join(s + "\n" for s in SENTENCES[:30]))
+    cfg = local(tmp_path, path, shard_bytes=1024)
+    run(cfg, progress=False)
+    (tmp_path / "run" / "manifest.json").unlink()
+    marker = sorted((tmp_path / "run" / "_shards").glob("*.json"))[0]
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "fingerprint": "0123456789abcdef"}))
+    with pytest.raises(RunConflictError, match="another configuration"):
+        run(cfg, progress=False)
+    assert not (tmp_path / "run" / "manifest.json").exists()

@@ -240,6 +240,7 @@ class CommitShard:
 
     def __init__(self, cfg: PipelineConfig) -> None:
         self.cfg, self.storage = cfg, Storage(cfg.output, cfg.storage_attempts)
+        self.fingerprint = cfg.fingerprint()
 
     def __call__(self, batch: ShardBatch) -> ShardBatch:
         cfg, shard_id = self.cfg, batch.shard.shard_id
@@ -270,6 +271,7 @@ class CommitShard:
             bytes={**sizes, "objects": sum(r.object_bytes for r, _ in batch.results)},
             attribute_seconds=batch.attribute_seconds,
             input_bytes=batch.shard.size,
+            fingerprint=self.fingerprint,
         )
         self.storage.write_json(summary.to_dict(), "_shards", f"{shard_id}.json")
         batch.summary = summary

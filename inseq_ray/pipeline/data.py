@@ -29,6 +29,7 @@ class ShardSummary:
     bytes: dict[str, int]
     attribute_seconds: float
     input_bytes: int
+    fingerprint: str = ""  # the configuration it was made under (a manifest is never written over mixed ones)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

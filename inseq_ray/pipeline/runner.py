@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from inseq_ray.pipeline.blocks import BLOCKS
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.data import ShardBatch, check_blocks
+from inseq_ray.pipeline.lease import TTL_S, DriverLease, describe
 from inseq_ray.pipeline.preflight import estimate_records, preflight
 from inseq_ray.pipeline.progress import ProgressCounter, RecordProgress, poll_counter
 from inseq_ray.pipeline.shards import Shard
@@ -224,9 +225,24 @@ def run(cfg: PipelineConfig, progress: bool = True, blocks: Sequence[Callable] =
         "inputs": identity,
         "shards": [s.shard_id for s in shards],
     }
-    created = claim_run(storage, record)
-    if storage.exists("manifest.json"):
-        return {**storage.read_json("manifest.json"), "already_complete": True}
+    with DriverLease(storage, record["fingerprint"]) as lease:  # registered before claiming: see lease.py
+        claim_run(storage, record, lease)
+        if storage.exists("manifest.json"):
+            return {**storage.read_json("manifest.json"), "already_complete": True}
+        return _run_claimed(cfg, storage, record, lease, (shards, sample), progress, blocks)
+
+
+def _run_claimed(
+    cfg: PipelineConfig,
+    storage: Storage,
+    record: dict,
+    lease: DriverLease,
+    planned: tuple[list[Shard], list],
+    progress: bool,
+    blocks: Sequence[Callable],
+) -> dict:
+    """The shards not yet committed, then the manifest (only over markers all made under this configuration)."""
+    shards, sample = planned
     storage.clean_stale_tmp()
     done = {n.removesuffix(".json") for n in storage.list_names("_shards") if n.endswith(".json")}
     pending = [s for s in shards if s.shard_id not in done]
@@ -240,7 +256,7 @@ def run(cfg: PipelineConfig, progress: bool = True, blocks: Sequence[Callable] =
     except BaseException as e:
         if bar is not None:
             bar.bar.close()
-        committed = _release_failed_start(storage, created)
+        committed = _release_failed_start(storage, lease)
         if isinstance(e, KeyboardInterrupt):
             done_part = f"{committed}/{len(shards)}" if committed is not None else "some"
             raise RunInterrupted(f"interrupted after {done_part} shards; rerun the same command to resume") from None
@@ -249,30 +265,54 @@ def run(cfg: PipelineConfig, progress: bool = True, blocks: Sequence[Callable] =
     if bar is not None:
         bar.finish(sum(s["records"] for s in new))
     summaries = [storage.read_json("_shards", f"{s.shard_id}.json") for s in shards if s.shard_id in done] + new
+    claim_run(storage, record, lease)  # still ours (re-created if a failing driver removed it meanwhile)
+    check_markers(storage, summaries, record["fingerprint"])
     manifest = build_manifest(cfg, shards, summaries, len(new), elapsed)
     storage.write_json(manifest, "manifest.json")
     return manifest
 
 
-def _release_failed_start(storage: Storage, created: bool) -> int | None:
-    """After a failure: how many shards are committed, and (nothing committed by a run this driver created) the
-    claim removed so the prefix stays reusable. The store may be down too (the failure may be that outage):
-    then nothing is touched, None is returned, and the run's own error is the one reported."""
+def check_markers(storage: Storage, summaries: list[dict], fingerprint: str) -> None:
+    """Refuse to write a manifest over shard markers made under another configuration (markers without a
+    fingerprint come from versions before markers carried one and are taken as this run's)."""
+    other = sorted(s["shard_id"] for s in summaries if s.get("fingerprint", fingerprint) != fingerprint)
+    if other:
+        raise RunConflictError(
+            f"{redact_url(storage.prefix)} holds shards committed under another configuration ({len(other)}, e.g. "
+            f"{other[0]}): its results would be mixed, so no manifest was written. Use a new --output."
+        )
+
+
+def _release_failed_start(storage: Storage, lease: DriverLease) -> int | None:
+    """After a failure: how many shards are committed; with none, and no other driver working on the prefix, the
+    claim is removed so the prefix stays reusable (a joined driver still working keeps it). The store may be down
+    too (the failure may be that outage): then nothing is touched, None is returned, and the run's own error is
+    the one reported."""
     try:
+        lease.release()
         committed = len(storage.list_names("_shards"))
-        if created and not committed:
+        if not committed and not lease.others():
             storage.delete("_run.json")
         return committed
     except Exception:
         return None
 
 
-def claim_run(storage: Storage, record: dict) -> bool:
+def claim_run(storage: Storage, record: dict, lease: DriverLease | None = None) -> bool:
     """Create ``_run.json`` exclusively (True), or check that the run it holds is this one (False).
 
-    Raises :class:`RunConflictError` naming the settings or input files that differ.
+    Raises :class:`RunConflictError` naming the settings or input files that differ, or, for a prefix found
+    free, the live driver of another configuration still working there (``lease``: this driver's).
     """
     if storage.create_exclusive(json.dumps(record, indent=2, sort_keys=True).encode(), "_run.json"):
+        busy = [o for o in lease.others() if o.get("fingerprint") != record["fingerprint"]] if lease else []
+        if busy:
+            storage.delete("_run.json")
+            raise RunConflictError(
+                f"{redact_url(storage.prefix)} is being written by another run with another configuration "
+                f"({describe(busy[0])}); nothing was changed there. Use a new --output, or wait for it to end "
+                f"(a driver that died frees the prefix {TTL_S:.0f}s after its last heartbeat)."
+            )
         return True
     old = _read_run_record(storage)
     where = redact_url(storage.prefix)
