@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+import polars as pl
 import pytest
 
 from inseq_ray.errors import Reason
@@ -354,3 +355,32 @@ def test_no_manifest_over_markers_of_another_configuration(tmp_path):
     with pytest.raises(RunConflictError, match="another configuration"):
         run(cfg, progress=False)
     assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+# 3. the report trusts nothing in a run's tables
+def test_the_report_builds_paths_from_valid_ids_only_and_survives_a_missing_object(tmp_path):
+    from inseq_ray.report import build_report
+
+    path = tmp_path / "c.txt"
+    path.write_text("".join(s + "\n" for s in SENTENCES[:6]))
+    run(local(tmp_path, path), progress=False)
+    (table,) = (tmp_path / "run" / "tables" / "sequences").glob("*.parquet")
+    seqs = pl.read_parquet(table).sort("seq_id")
+    ids = seqs["seq_id"].to_list()
+    evil = seqs.with_columns(
+        seq_id=pl.Series([ids[0], "../../pwned", *ids[2:]]),
+        object_uri=pl.Series(["http://127.0.0.1:9/elsewhere.json.gz", *seqs["object_uri"].to_list()[1:]]),
+    )
+    evil.write_parquet(table)
+    missing = ids[2]
+    (tmp_path / "run" / "sequences" / missing[:2] / f"{missing}.json.gz").unlink()
+    out = tmp_path / "rep" / "inner"
+    index = build_report(str(tmp_path / "run"), out, sample=10)
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.html"))
+    assert all(p.startswith("rep/inner/") for p in written), written
+    pages = {p.name for p in (out / "seq").glob("*.html")}
+    assert pages == {f"{i}.html" for i in ids if i != ids[1]}  # the bad id skipped, the missing one a placeholder
+    assert "could not be read" in (out / "seq" / f"{missing}.html").read_text()
+    assert "Step scores" in (out / "seq" / f"{ids[0]}.html").read_text()  # read from the run's own key, not the URI
+    html = index.read_text()
+    assert "rows skipped (seq_id not of this run&#x27;s form): 1" in html and "objects missing or unreadable: 1" in html

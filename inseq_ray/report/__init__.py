@@ -9,6 +9,7 @@ any browser: no server, no scripts, no network requests.
 from __future__ import annotations
 
 import os
+import re
 from html import escape
 from pathlib import Path
 
@@ -27,19 +28,42 @@ def build_report(run_url: str, output: str | os.PathLike, sample: int = 20, ids:
     least = data.least_sure(run)
     picked = data.sample_sequences(run, sample, list(ids or []))
     if not least.is_empty():  # the least sure records get pages too
-        extra = data.sample_sequences(run, 0, least["seq_id"].to_list())
+        extra = data.sample_sequences(run, 0, least["seq_id"].to_list(), strict=False)
         picked = pl.concat([picked, extra]).unique("seq_id", keep="first", maintain_order=True)
-    links = {}
-    for row in picked.iter_rows(named=True):
-        name = f"seq/{row['seq_id']}.html"
-        (out / name).write_text(_sequence_page(row), encoding="utf-8")
-        links[row["seq_id"]] = name
+    links, problems = _sequence_pages(run, picked, out)
     index = out / "index.html"
-    index.write_text(_index(run, least, picked, links), encoding="utf-8")
+    index.write_text(_index(run, least, picked, links, problems), encoding="utf-8")
     return index
 
 
-def _index(run: data.Run, least: pl.DataFrame, picked: pl.DataFrame, links: dict[str, str]) -> str:
+SEQ_ID = re.compile(r"^[0-9a-f]{20}$")  # the pipeline's own form (shards.seq_id_for): nothing else becomes a path
+
+
+def _sequence_pages(run: data.Run, picked: pl.DataFrame, out: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """One page per picked row whose seq_id has the run's own form, from the object at the run's own key for it
+    (a table's ``object_uri`` is not followed: it could point anywhere). A missing or unreadable object gets a
+    placeholder page. Returns the links and the counts of rows skipped and objects missing."""
+    from inseq_ray.errors import AttributionFileError
+
+    links, problems = {}, {"rows skipped (seq_id not of this run's form)": 0, "objects missing or unreadable": 0}
+    for row in picked.iter_rows(named=True):
+        seq_id = row["seq_id"]
+        if not isinstance(seq_id, str) or not SEQ_ID.match(seq_id):
+            problems["rows skipped (seq_id not of this run's form)"] += 1
+            continue
+        try:
+            page = _sequence_page(row, f"{run.prefix}/sequences/{seq_id[:2]}/{seq_id}.json.gz")
+        except AttributionFileError as e:
+            problems["objects missing or unreadable"] += 1
+            page = _placeholder_page(row, str(e))
+        (out / f"seq/{seq_id}.html").write_text(page, encoding="utf-8")
+        links[seq_id] = f"seq/{seq_id}.html"
+    return links, {k: v for k, v in problems.items() if v}
+
+
+def _index(
+    run: data.Run, least: pl.DataFrame, picked: pl.DataFrame, links: dict[str, str], problems: dict[str, int]
+) -> str:
     m, cfg = run.manifest, run.manifest.get("config", {})
     this = m.get("this_run") or {}
     title = f"inseq_ray run report: {cfg.get('model', '?')} / {cfg.get('method', '?')}"
@@ -67,6 +91,7 @@ def _index(run: data.Run, least: pl.DataFrame, picked: pl.DataFrame, links: dict
         "<h2>Records the model was least sure of</h2>",
         h.table(least, links),
         f"<h2>Sequences ({len(links)} pages)</h2>",
+        "".join(f"<p class='muted'>{escape(what)}: {n}</p>" for what, n in problems.items()),
         h.table(picked.drop("object_uri"), links),
         "<h2>Run</h2>",
         h.panels(
@@ -91,11 +116,20 @@ def _charts(run: data.Run) -> str:
     return h.panels(items) if items else "<p class='muted'>no step scores or attributions in this run</p>"
 
 
-def _sequence_page(row: dict) -> str:
+def _placeholder_page(row: dict, why: str) -> str:
+    body = (
+        f"<h1>Sequence <code>{escape(row['seq_id'])}</code></h1>"
+        f"<p class='sub'><b>source</b> {escape(row['source_text'] or '')}</p>"
+        f"<p>Its attribution object could not be read: {escape(why)}</p>"
+    )
+    return h.page(f"sequence {row['seq_id']}", body, back="../index.html")
+
+
+def _sequence_page(row: dict, object_url: str) -> str:
     from inseq_ray.output import FeatureAttributionOutput
     from inseq_ray.viz import html_fragment
 
-    out = FeatureAttributionOutput.load(row["object_uri"])
+    out = FeatureAttributionOutput.load(object_url)
     seq = out[0]
     scores = pl.DataFrame(
         {"step": list(range(seq.n_steps)), "token": [t.token for t in seq.generated]}

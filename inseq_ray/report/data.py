@@ -242,15 +242,15 @@ def least_sure(run: Run, k: int = 15) -> pl.DataFrame:
     return picked.join(found, on="seq_id", how="left").sort(col, "seq_id", descending=[not lowest, False])
 
 
-def sample_sequences(run: Run, n: int, ids: list[str]) -> pl.DataFrame:
+def sample_sequences(run: Run, n: int, ids: list[str], strict: bool = True) -> pl.DataFrame:
     """seq_id, object_uri, texts of ``n`` sequences (the smallest seq_ids: ids are content hashes, so this is an
-    even, reproducible sample) plus the asked ``ids``; an asked id that is not in the run is an error."""
+    even, reproducible sample) plus the asked ``ids``; with ``strict``, an asked id not in the run is an error."""
     seqs = run.scan("sequences").select("seq_id", "object_uri", "source_text", "target_text", "n_steps")
     sample = _collect(seqs.sort("seq_id").head(n)) if n > 0 else _collect(seqs.head(0))
     if ids:
         asked = _collect(seqs.filter(pl.col("seq_id").is_in(ids)))
         missing = sorted(set(ids) - set(asked["seq_id"].to_list()))
-        if missing:
+        if missing and strict:
             raise ValueError(f"--ids: {', '.join(missing)} not in this run's sequences table.")
         sample = pl.concat([sample, asked]).unique("seq_id", keep="first", maintain_order=True)
     return sample
