@@ -26,35 +26,39 @@ def print_summary(manifest: dict) -> None:
 
 
 def print_report(prefix: str) -> None:
+    """A few figures of the finished run, computed as the HTML report computes them (lazy scans, grouped shard
+    by shard on the streaming engine): memory is bounded by one shard, not by the run."""
     import polars as pl
+
+    from inseq_ray.report import data
 
     pl.Config.set_tbl_rows(8)
     pl.Config.set_fmt_str_lengths(40)
-    src = pl.scan_parquet(table_glob(prefix, "source_attributions"))
-    top = (
-        src.sort("score", descending=True)
-        .group_by("seq_id", "step", maintain_order=True)
-        .first()
-        .group_by("target_token", "attributed_token")
-        .agg(pl.len().alias("times_top"))
-        .sort("times_top", descending=True)
-        .head(8)
-        .collect()
-    )
+    run = data.open_run(prefix)
+    top = data.top_pairs(run, k=8)
     if top.height:
-        print("\nMost frequent (generated token -> its top-attributed source token):")
+        print("\nMost frequent (generated token -> its top-attributed input token):")
         print(top)
-    scores = pl.scan_parquet(table_glob(prefix, "step_scores")).collect()
-    if scores.height and "probability" in scores.columns:
-        print(f"\nmean probability of generated tokens: {scores['probability'].mean():.3f}")
-    errors = pl.scan_parquet(table_glob(prefix, "errors")).group_by("reason").agg(pl.len()).collect()
+    if run.has_rows("step_scores") and "probability" in run.step_score_names:
+        mean = run.scan("step_scores").select(pl.col("probability").mean()).collect(engine="streaming").item()
+        print(f"\nmean probability of generated tokens: {mean:.3f}")
+    errors = data.errors_by_reason(run)
     if errors.height:
         print("\nerrors by reason:")
         print(errors)
-    first = pl.scan_parquet(table_glob(prefix, "sequences")).select("seq_id", "object_uri").head(1).collect()
+    first = run.scan("sequences").select("seq_id").head(1).collect(engine="streaming")
     if first.height:
+        from inseq_ray.errors import AttributionFileError
         from inseq_ray.output import FeatureAttributionOutput
+        from inseq_ray.report import SEQ_ID
 
-        seq_id, uri = first.row(0)
-        print(f"\nsequence {seq_id}, from {uri}:")
-        FeatureAttributionOutput.load(uri).show()
+        seq_id = first.item()
+        if isinstance(seq_id, str) and SEQ_ID.match(seq_id):
+            uri = f"{run.prefix}/sequences/{seq_id[:2]}/{seq_id}.json.gz"
+            try:
+                out = FeatureAttributionOutput.load(uri)
+            except AttributionFileError as e:
+                print(f"\nsequence {seq_id}: {e}")
+                return
+            print(f"\nsequence {seq_id}, from {uri}:")
+            out.show()
