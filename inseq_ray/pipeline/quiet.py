@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import threading
+from collections.abc import Callable
 
 NOISE = (b"has constructor arguments in the object store",)
 _state = {"installed": False}
@@ -47,3 +48,30 @@ def _pump(read_end: int, out: int, noise: tuple[bytes, ...]) -> None:
             pending = b""
     if pending:
         os.write(out, pending)
+
+
+RAY_RECOVERY_NOISE = (
+    "has been marked dead",  # a lost node (followed by its raylet log's last lines)
+    "Raylet is terminated",  # the same, seen from the node's own raylet
+    "actor is temporarily unavailable",  # each retry of a shard that was in flight on it
+    "task will be retried",
+)
+
+
+def mute_ray_error_stream(noise: tuple[str, ...] = RAY_RECOVERY_NOISE) -> Callable[[], None]:
+    """Ray's driver prints the errors its cluster publishes (a dead node with 20+ lines of its raylet log, one
+    line per retried call) from a thread, through ``ray._private.worker.print_to_stdstream``. Without
+    ``--verbose`` those about recovery are dropped (:class:`~inseq_ray.pipeline.nodes.NodeWatch` says what
+    happened in one line) and any other keeps its first line. Returns the function that restores Ray's own."""
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+
+    def first_lines_only(data: dict, ignore_prefix: bool) -> None:
+        lines = [str(line).strip().splitlines()[0] for line in data.get("lines", []) if str(line).strip()]
+        kept = [line for line in lines if not any(n in line for n in noise)]
+        if kept:
+            original({**data, "lines": kept}, ignore_prefix)
+
+    ray_worker.print_to_stdstream = first_lines_only
+    return lambda: setattr(ray_worker, "print_to_stdstream", original)

@@ -28,8 +28,10 @@ from inseq_ray.pipeline.blocks import BLOCKS
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.data import ShardBatch, check_blocks
 from inseq_ray.pipeline.lease import TTL_S, DriverLease, describe
+from inseq_ray.pipeline.nodes import NodeWatch
 from inseq_ray.pipeline.preflight import estimate_records, preflight
 from inseq_ray.pipeline.progress import ProgressCounter, RecordProgress, poll_counter
+from inseq_ray.pipeline.quiet import mute_ray_error_stream
 from inseq_ray.pipeline.shards import Shard
 from inseq_ray.pipeline.storage import Storage
 from inseq_ray.redact import redact_text, redact_url
@@ -108,17 +110,21 @@ def run_ray(
         compute=ActorPoolStrategy(min_size=1, max_size=actors),
         num_gpus=num_gpus,
         num_cpus=cfg.num_cpus_per_actor,
+        # restarts and retries: Ray Data's defaults, which are what we want (nodes.py says why; a test pins them)
     )
     stop = threading.Event()
     if counter is not None:
         threading.Thread(target=poll_counter, args=(counter, on_records, stop), daemon=True).start()
+    restore = (lambda: None) if cfg.verbose else mute_ray_error_stream()
     try:
-        for row in ds.iter_rows():
-            yield json.loads(row["summary"])
+        with NodeWatch(ray.nodes, cfg.num_cpus_per_actor, num_gpus):
+            for row in ds.iter_rows():
+                yield json.loads(row["summary"])
     except Exception as e:
         raise PipelineError(f"{redact_text(one_line(e))} (full logs: {_ray_log_dir()})") from None
     finally:
         stop.set()
+        restore()
 
 
 def bound_worker(cfg: dict, blocks: tuple, counter=None) -> type:
