@@ -31,6 +31,7 @@ from inseq_ray.models.encoding import (
 )
 from inseq_ray.models.generation import generate_targets
 from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenceOutput, TokenWithId
+from inseq_ray.randomness import content_keys
 from inseq_ray.sequences import build_sequences, normalize_on_device, reduce_hidden_on_device
 from inseq_ray.step_scores import (
     STEP_FUNCTIONS,
@@ -115,12 +116,14 @@ class AttributionModel:
         attributed_fn_args: dict | None = None,
         step_scores_args: dict | None = None,
         batch_callback: Callable[[list[int], list[FeatureAttributionSequenceOutput]], None] | None = None,
+        record_keys: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> FeatureAttributionOutput:
         """Attribute each generated token of each text; see the README for every argument.
 
         ``batch_callback(indices, outputs)`` is called after each batch with the batch's input indices and
         their outputs (for progress, or to write results while the next batch is attributed).
+        ``record_keys`` (one per input; default: its source and target text) seed each record's random draws.
         """
         start_time = time.perf_counter()
         inputs = [input_texts] if isinstance(input_texts, str) else list(input_texts)
@@ -144,6 +147,9 @@ class AttributionModel:
         generation_args = dict(generation_args or {})
         targets, target_ids = self._targets(inputs, generated_texts, batch_size, generation_args)
         attr_pos = (attr_pos_start, attr_pos_end)
+        keys = list(record_keys) if record_keys is not None else content_keys(inputs, targets)
+        if len(keys) != len(inputs):
+            raise InputError(f"{len(inputs)} input_texts but {len(keys)} record_keys: give one key per input.")
         lengths = self._token_lengths(inputs, targets, target_ids)
         per_row = (
             None
@@ -154,7 +160,7 @@ class AttributionModel:
         fitted: dict[int, int] = {}  # input index -> size of the batch it was attributed in
         progress = _progress(len(inputs), show_progress)
         for idx in plan_batches(lengths, batch_size or len(inputs), per_row):
-            done = self._attribute_fitting(idx, inputs, targets, target_ids, attr_pos, settings)
+            done = self._attribute_fitting(idx, inputs, (targets, keys), target_ids, attr_pos, settings)
             for size, group_idx, seqs in done:
                 outputs.update(zip(group_idx, seqs, strict=True))
                 fitted.update(dict.fromkeys(group_idx, size))
@@ -273,13 +279,14 @@ class AttributionModel:
             return tgt
         return [len(s) + t for s, t in zip(self.tokenizer(inputs)["input_ids"], tgt, strict=True)]
 
-    def _attribute_fitting(self, idx, inputs, targets, target_ids, attr_pos, settings) -> list[tuple]:
+    def _attribute_fitting(self, idx, inputs, targets_keys, target_ids, attr_pos, settings) -> list[tuple]:
         """[(batch size, indices, outputs)]: ``idx`` at once, or halves recursively when the device runs out of
         memory; one input that does not fit alone raises an ``oom`` InputError naming it."""
         ids = None if target_ids is None else [target_ids[i] for i in idx]
+        targets, keys = targets_keys
         try:
             batch = self._encode([inputs[i] for i in idx], [targets[i] for i in idx], attr_pos, ids)
-            return [(len(idx), idx, self._attribute_batch(batch, settings, idx))]
+            return [(len(idx), idx, self._attribute_batch(batch, settings, idx, [keys[i] for i in idx]))]
         except torch.OutOfMemoryError:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -291,8 +298,8 @@ class AttributionModel:
                 ) from None
         half = len(idx) // 2
         return [
-            *self._attribute_fitting(idx[:half], inputs, targets, target_ids, attr_pos, settings),
-            *self._attribute_fitting(idx[half:], inputs, targets, target_ids, attr_pos, settings),
+            *self._attribute_fitting(idx[:half], inputs, targets_keys, target_ids, attr_pos, settings),
+            *self._attribute_fitting(idx[half:], inputs, targets_keys, target_ids, attr_pos, settings),
         ]
 
     def _decoder_start(self) -> int | None:
@@ -317,7 +324,7 @@ class AttributionModel:
         return base
 
     def _attribute_batch(
-        self, batch: EncodedBatch, settings: AttributeSettings, idx: list[int]
+        self, batch: EncodedBatch, settings: AttributeSettings, idx: list[int], keys: list[str]
     ) -> list[FeatureAttributionSequenceOutput]:
         batch = batch.to(self.device)
         attributed = ("source", "target") if settings.attribute_target else ("source",)
@@ -329,8 +336,9 @@ class AttributionModel:
         if batch.source_ids is not None:
             baselines["source"] = self.baseline_ids(batch.source_ids, settings.include_eos_baseline)
         ctx = MethodContext(
-            self.adapter, batch, attributed, settings.fn, settings.fn_kw, baselines, settings.vjp, settings.step_blocks
-        )
+            self.adapter, batch, attributed, settings.fn, settings.fn_kw, baselines, settings.vjp, settings.step_blocks,
+            keys,
+        )  # fmt: skip
         ctx.token_ids = {"unk": self.tokenizer.unk_token_id, "pad": self.tokenizer.pad_token_id}
         labels = self._prepare_step_context(ctx, batch, settings, idx)
         result: MethodResult = settings.method_fn(ctx, **settings.method_kw)

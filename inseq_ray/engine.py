@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +20,7 @@ import torch
 from inseq_ray.models.adapter import ForwardInputs, ModelAdapter
 from inseq_ray.models.encoding import EncodedBatch
 from inseq_ray.models.layers import LayerSite, captured, check_activation, replaced, resolve_layer
+from inseq_ray.randomness import RowRandom, record_seed, seed_of
 from inseq_ray.step_scores import ContrastRows, StepFunction, StepFunctionArgs
 
 HEAD_CHUNK_ELEMENTS = 2**26  # max logits materialised at once when pushing rows through the head
@@ -102,8 +103,10 @@ class MethodContext:
         baseline_ids: dict[str, torch.Tensor],
         vjp: str = "loop",
         blocks: int = 1,
+        row_keys: Sequence[str] | None = None,
     ) -> None:
         self.adapter, self.batch, self.attributed = adapter, batch, attributed
+        self.row_keys = list(row_keys) if row_keys is not None else [f"row {b}" for b in range(batch.size)]
         self.fn, self.fn_kwargs, self.vjp, self.blocks = attributed_fn, fn_kwargs, vjp, blocks
         self.plan = StepPlan.from_batch(batch)
         with torch.no_grad():
@@ -115,6 +118,15 @@ class MethodContext:
         self.site: LayerSite | None = None  # a layer's output as the attributed input (see at_layer)
         self.context_embeds: dict[str, torch.Tensor] = {}  # layer context: (R*B, L, H) inputs under the layer
         self.token_ids: dict[str, int | None] = {}  # the tokenizer's special ids ("unk", "pad") for perturbations
+
+    def row_random(self, generator: torch.Generator | int | None) -> RowRandom:
+        """Per-record draws for this batch (see :mod:`inseq_ray.randomness`)."""
+        return RowRandom(seed_of(generator), self.row_keys)
+
+    def real_lengths(self, name: str) -> list[int]:
+        """(B,) real (unpadded) tokens of side ``name`` per row."""
+        mask = self.batch.source_mask if name == "source" else self.batch.target_mask
+        return [int(n) for n in mask.sum(1).tolist()]
 
     def attributed_embeds(self) -> dict[str, torch.Tensor]:
         """name -> (B, L, H) embeddings of the attributed inputs."""
@@ -296,24 +308,44 @@ class MethodContext:
         return torch.where(self.plan.valid, values.float(), torch.full_like(values.float(), float("nan")))
 
     @torch.no_grad()
-    def dropout_logprobs(self, n: int) -> list[torch.Tensor]:
+    def dropout_logprobs(self, n: int, seed: int = 0) -> list[torch.Tensor]:
         """``n`` forwards at the real inputs with dropout active -> each (B, T) target log-probabilities.
 
-        Every module's training flag is restored afterwards, also on error (actors reuse the model).
+        Per record: each row runs alone, unpadded, with torch's generators seeded from ``seed`` and the row's
+        key (and restored afterwards), so its dropout masks never depend on the batch it is in. Every
+        module's training flag is restored afterwards, also on error (actors reuse the model).
         """
         model = self.adapter.model
         flags = {m: m.training for m in model.modules()}
-        out = []
+        rows = []
         try:
             model.train()
-            for _ in range(n):
-                states = self.adapter.states(self.forward_inputs({}, 1))
-                logits = self.adapter.head(gather_rows(states, self.plan.positions - 1).flatten(0, 1)).float()
-                logprobs = logits.log_softmax(-1).gather(-1, self.plan.target_ids.flatten()[:, None])
-                out.append(logprobs.view(self.plan.valid.shape))
+            for b in range(self.batch.size):
+                rows.append(self._row_dropout_logprobs(b, n, record_seed(seed, self.row_keys[b], "mc_dropout")))
         finally:
             for m, flag in flags.items():
                 m.train(flag)
+        return [torch.cat([r[i] for r in rows]) for i in range(n)]
+
+    def _row_dropout_logprobs(self, b: int, n: int, seed: int) -> list[torch.Tensor]:
+        """Row ``b`` alone, trimmed to its real tokens: ``n`` dropout forwards -> each (1, T) log-probabilities."""
+        batch, plan = self.batch, self.plan
+        lt = int(batch.target_mask[b].sum())
+        ls = None if batch.source_mask is None else int(batch.source_mask[b].sum())
+        inputs = ForwardInputs(
+            target_ids=batch.target_ids[b : b + 1, :lt],
+            target_mask=batch.target_mask[b : b + 1, :lt],
+            source_ids=None if ls is None else batch.source_ids[b : b + 1, :ls],
+            source_mask=None if ls is None else batch.source_mask[b : b + 1, :ls],
+        )
+        positions, targets = (plan.positions[b : b + 1] - 1).clamp(max=lt - 1), plan.target_ids[b : b + 1]
+        devices = [self.adapter.device] if self.adapter.device.type == "cuda" else []
+        out = []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for _ in range(n):
+                logits = self.adapter.head(gather_rows(self.adapter.states(inputs), positions).flatten(0, 1)).float()
+                out.append(logits.log_softmax(-1).gather(-1, targets.flatten()[:, None]).view(1, -1))
         return out
 
     @torch.no_grad()

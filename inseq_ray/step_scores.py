@@ -205,20 +205,23 @@ def top_p_size_fn(args: StepFunctionArgs, top_p: float) -> torch.Tensor:
 
 
 # ---- MC dropout -----------------------------------------------------------------------------------
-def mc_dropout_prob_avg_fn(args: StepFunctionArgs, n_mcd_steps: int = 5, logprob: bool = False) -> torch.Tensor:
+def mc_dropout_prob_avg_fn(
+    args: StepFunctionArgs, n_mcd_steps: int = 5, logprob: bool = False, seed: int = 0
+) -> torch.Tensor:
     """(N,) ``(p - mean(p~)) / std(p~)``: the target probability (log with ``logprob``) z-scored against
-    ``n_mcd_steps`` forwards with dropout active (p~, prepared once per batch at the real inputs; unbiased
-    std as Inseq's). As attributed function the dropout statistics are constants: the gradient is p's."""
+    ``n_mcd_steps`` forwards with dropout active (p~, prepared once per batch at the real inputs, each record
+    alone with dropout masks seeded from ``seed`` and the record; unbiased std as Inseq's). As attributed
+    function the dropout statistics are constants: the gradient is p's."""
     noisy = args.extras["mc_dropout_logprobs"]  # (N, n_mcd_steps)
     noisy = noisy if logprob else noisy.exp()
     return (probability_fn(args, logprob=logprob) - noisy.mean(-1)) / noisy.std(-1)
 
 
-def _prepare_mc_dropout(ctx, n_mcd_steps: int = 5, logprob: bool = False) -> dict[str, torch.Tensor]:
+def _prepare_mc_dropout(ctx, n_mcd_steps: int = 5, logprob: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
     """n_mcd_steps no-grad forwards of the batch with dropout on -> (B, T, n) target log-probabilities."""
     if not isinstance(n_mcd_steps, int) or n_mcd_steps < 2:
         raise ValueError(f"n_mcd_steps must be an int >= 2 (a standard deviation needs two), got {n_mcd_steps!r}.")
-    runs = torch.stack(ctx.dropout_logprobs(n_mcd_steps), dim=-1)  # (B, T, n)
+    runs = torch.stack(ctx.dropout_logprobs(n_mcd_steps, seed), dim=-1)  # (B, T, n)
     spread = runs.std(-1)[ctx.plan.valid]
     if spread.numel() and not bool((spread > 0).any()):
         raise ValueError(

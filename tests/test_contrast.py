@@ -250,14 +250,16 @@ def test_every_inseq_step_function_is_registered():
 
 
 def test_mc_dropout_equals_the_z_score_of_seeded_dropout_forwards(bart):
-    """Same seed, same forwards: (p - mean p~) / std p~ from the model's own forward in train mode."""
+    """Same seed, same forwards: (p - mean p~) / std p~ from the model's own forward in train mode, with torch
+    seeded as the record's own dropout stream (its key is its source and target text; seed 0 by default)."""
+    from inseq_ray.randomness import record_seed
+
     source = BART_SOURCES[0]
     target = _targets(bart, [source])[0]
-    torch.manual_seed(123)
     out = bart.attribute([source], [target], step_scores=["mc_dropout_prob_avg", "probability"], n_mcd_steps=3,
                          show_progress=False)[0]  # fmt: skip
     src_ids, tgt_ids, start = embed_pieces(bart, source, target)
-    torch.manual_seed(123)
+    torch.manual_seed(record_seed(0, f"{source}\x00{target}", "mc_dropout"))
     bart.model.train()
     try:
         with torch.no_grad():

@@ -27,9 +27,9 @@ def _record_shap_draws(monkeypatch):
     calls = []
     real = grad_methods.gradient_shap_draws
 
-    def recording(embeds, names, n_samples, stdevs, generator=None):
-        noise, alphas = real(embeds, names, n_samples, stdevs, generator)
-        calls.append((embeds["target"].clone(), noise, alphas))
+    def recording(ctx, n_samples, stdevs, rows):
+        noise, alphas = real(ctx, n_samples, stdevs, rows)
+        calls.append((ctx.embeds["target"].clone(), noise, alphas))
         return noise, alphas
 
     monkeypatch.setattr(grad_methods, "gradient_shap_draws", recording)

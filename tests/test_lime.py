@@ -15,9 +15,9 @@ def _record_masks(monkeypatch) -> list:
     calls = []
     real = lime_module.lime_masks
 
-    def recording(embeds, names, n_samples, mask_prob, generator=None):
-        keep = real(embeds, names, n_samples, mask_prob, generator)
-        calls.append((embeds["target"].clone(), keep))
+    def recording(ctx, n_samples, mask_prob, rows):
+        keep = real(ctx, n_samples, mask_prob, rows)
+        calls.append((ctx.embeds["target"].clone(), keep))
         return keep
 
     monkeypatch.setattr(lime_module, "lime_masks", recording)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from inseq_ray.engine import MethodContext, MethodResult
+from inseq_ray.randomness import RowRandom
 
 
 def _identity(name: str, g: torch.Tensor) -> torch.Tensor:
@@ -88,11 +89,11 @@ def gradient_shap(
     ctx: MethodContext,
     n_samples: int = 5,
     stdevs: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | int | None = None,
 ) -> MethodResult:
     """mean_s (x + e_s - b) * d f_t/d x at b + a_s (x + e_s - b), e_s ~ N(0, stdevs), a_s ~ U(0, 1)."""
     b = ctx.batch.size
-    noise, alphas = gradient_shap_draws(ctx.embeds, ctx.attributed, n_samples, stdevs, generator)
+    noise, alphas = gradient_shap_draws(ctx, n_samples, stdevs, ctx.row_random(generator))
     noisy = {k: ctx.embeds[k][None] + noise[k] for k in ctx.attributed}  # (S, B, L, H)
     points = {
         k: (ctx.baselines[k][None] + alphas.view(n_samples, b, 1, 1) * (noisy[k] - ctx.baselines[k][None])).flatten(
@@ -109,20 +110,19 @@ def gradient_shap(
 
 
 def gradient_shap_draws(
-    embeds: dict[str, torch.Tensor],
-    names: tuple[str, ...],
-    n_samples: int,
-    stdevs: float,
-    generator: torch.Generator | None = None,
+    ctx: MethodContext, n_samples: int, stdevs: float, rows: RowRandom
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The random draws of GradientSHAP: noise name -> (S, B, L, H) and alphas (S, B)."""
-    ref = embeds[names[0]]
+    """The random draws of GradientSHAP, per record (``rows``): noise name -> (S, B, L, H) over each row's real
+    tokens (0 on padding) and alphas (S, B)."""
+    ref = ctx.embeds[ctx.attributed[0]]
     noise = {
-        k: torch.randn((n_samples, *embeds[k].shape), generator=generator, device="cpu").to(ref.device, ref.dtype)
+        k: rows.randn((n_samples,), ctx.real_lengths(k), ctx.embeds[k].shape[1:], f"shap noise {k}").to(
+            ref.device, ref.dtype
+        )
         * stdevs
-        for k in names
+        for k in ctx.attributed
     }
-    alphas = torch.rand((n_samples, ref.shape[0]), generator=generator, device="cpu").to(ref.device, ref.dtype)
+    alphas = rows.rand_rows((n_samples,), "shap alphas").to(ref.device, ref.dtype)
     return noise, alphas
 
 

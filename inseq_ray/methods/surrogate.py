@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from inseq_ray.engine import MethodContext, MethodResult
+from inseq_ray.randomness import RowRandom
 
 
 def lime(
@@ -27,7 +28,7 @@ def lime(
     mask_token: str = "unk",
     alpha: float = 1.0,
     patterns_per_forward: int = 16,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | int | None = None,
 ) -> MethodResult:
     """Ridge-surrogate coefficients (T, B, L, H) per attributed side; see the module docstring."""
     _check(n_samples, mask_prob, alpha, patterns_per_forward)
@@ -37,7 +38,7 @@ def lime(
     if fill is None:
         raise ValueError(f"lime: the tokenizer has no {mask_token} token; pass mask_token='pad' or 'unk'.")
     b = ctx.batch.size
-    keep = lime_masks(ctx.embeds, ctx.attributed, n_samples, mask_prob, generator)  # name -> (S, B, L)
+    keep = lime_masks(ctx, n_samples, mask_prob, ctx.row_random(generator))  # name -> (S, B, L)
     x = {k: ctx.embeds[k][None] for k in ctx.attributed}  # (1, B, L, H)
     perturbed = {k: x[k] * keep[k][..., None] + (1 - keep[k][..., None]) * fill for k in ctx.attributed}
     values = []
@@ -79,19 +80,14 @@ def ridge(
     return {k: torch.einsum("sblh,bs->blh", a, u) for k, a in centred.items()}
 
 
-def lime_masks(
-    embeds: dict[str, torch.Tensor],
-    names: tuple[str, ...],
-    n_samples: int,
-    mask_prob: float,
-    generator: torch.Generator | None = None,
-) -> dict[str, torch.Tensor]:
-    """The random draws of LIME: name -> (S, B, L) keep-masks, 1 with probability 1 - ``mask_prob``."""
-    ref = embeds[names[0]]
+def lime_masks(ctx: MethodContext, n_samples: int, mask_prob: float, rows: RowRandom) -> dict[str, torch.Tensor]:
+    """The random draws of LIME, per record (``rows``): name -> (S, B, L) keep-masks, 1 with probability
+    1 - ``mask_prob`` on each row's real tokens (padding is kept: it is never a feature)."""
+    ref = ctx.embeds[ctx.attributed[0]]
     out = {}
-    for k in names:
-        shape = (n_samples, *embeds[k].shape[:2])
-        out[k] = (torch.rand(shape, generator=generator, device="cpu") >= mask_prob).to(ref.device, ref.dtype)
+    for k in ctx.attributed:
+        u = rows.rand((n_samples,), ctx.real_lengths(k), ctx.embeds[k].shape[1], f"lime mask {k}")  # (S, B, L)
+        out[k] = (u >= mask_prob).to(ref.device, ref.dtype)
     return out
 
 

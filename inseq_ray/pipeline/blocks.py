@@ -103,6 +103,7 @@ class Attribute:
             generation_args=cfg.generation_args,
             show_progress=False,
             batch_callback=on_batch,
+            record_keys=[r.seq_id for r in records],  # a record's random draws depend on it alone
             aggregate_hidden_fn=None if cfg.save_granular else cfg.aggregate_fn,
             normalize=cfg.normalize and not cfg.save_granular,  # batched on the device, not per sequence
             **contrast,
