@@ -384,3 +384,46 @@ def test_the_report_builds_paths_from_valid_ids_only_and_survives_a_missing_obje
     assert "Step scores" in (out / "seq" / f"{ids[0]}.html").read_text()  # read from the run's own key, not the URI
     html = index.read_text()
     assert "rows skipped (seq_id not of this run&#x27;s form): 1" in html and "objects missing or unreadable: 1" in html
+
+
+# issue 23, red team: a failed start leaves nothing a rerun trips on; an output inside its input is refused
+def test_a_broken_claim_with_nothing_committed_does_not_poison_the_prefix(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("".join(s + "\n" for s in SENTENCES[:3]))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "_run.json").write_bytes(b"")  # what a full disk left behind before writes were whole
+    assert run(local(tmp_path, path), progress=False)["ok"] == 3
+
+
+def test_a_claim_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    import errno
+
+    from inseq_ray.pipeline.storage import Storage, StorageError
+
+    storage = Storage(str(tmp_path / "run"))
+    real_open = open
+
+    def full_disk(path, mode="r", *a, **k):
+        if str(path).endswith(".tmp") and "w" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr("builtins.open", full_disk)
+    with pytest.raises(StorageError, match="disk is full"):
+        storage.create_exclusive(b'{"a": 1}', "_run.json")
+    monkeypatch.undo()
+    assert not (tmp_path / "run" / "_run.json").exists()
+    assert storage.create_exclusive(b'{"a": 1}', "_run.json") and not storage.create_exclusive(b"{}", "_run.json")
+
+
+def test_an_output_inside_its_input_folder_is_refused_before_anything_starts(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.txt").write_text(SENTENCES[0] + "\n")
+    for inp, out in ((folder, folder / "run"), (folder, folder), (f"{folder}/*.txt", folder / "out")):
+        cfg = PipelineConfig(input=str(inp), output=str(out), use_ray=False)
+        with pytest.raises(ValueError, match="is inside the input"):
+            run(cfg, progress=False)
+    assert not (folder / "run").exists() and not (folder / "out").exists()
+    single = PipelineConfig(input=str(folder / "a.txt"), output=str(folder / "run"), use_ray=False)
+    assert run(single, progress=False)["ok"] == 1  # one named file: its folder may hold the output

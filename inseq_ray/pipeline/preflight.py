@@ -28,12 +28,41 @@ def preflight(cfg: PipelineConfig) -> tuple[list[Shard], list[Record], dict[str,
     input's identity (per file: size and version). Raises ValueError (one line) on the first problem.
     """
     files = _list(cfg)
+    _check_output_outside_input(cfg, files)
     shards = plan_shards(cfg.input, cfg.input_format, cfg.shard_bytes, files=files)
     _check_contrast(cfg, shards)
     sample = _check_columns(cfg, shards[0])
     check_model(cfg.model)
     _check_output(cfg.output)
     return shards, sample, input_identity(files)
+
+
+def _check_output_outside_input(cfg: PipelineConfig, files: InputFiles) -> None:
+    """A folder or glob input must not contain the output: the run's own files would become its input."""
+    import fsspec
+
+    if len(files.infos) == 1 and next(iter(files.infos)).rstrip("/") == _path_of(cfg.input, files.fs):
+        return  # one file: its listing cannot grow
+    out_fs, out = fsspec.core.url_to_fs(cfg.output)
+    if type(out_fs) is not type(files.fs):
+        return
+    base, out = _abs(files.base, files.fs), _abs(out, out_fs)
+    if out == base or out.startswith(base.rstrip("/") + "/"):
+        raise ValueError(
+            f"output: {redact_url(cfg.output)} is inside the input {redact_url(cfg.input)}: the run's own files "
+            "would be read as input on every rerun. Choose an --output outside the input folder."
+        )
+
+
+def _path_of(url: str, fs) -> str:
+    import fsspec
+
+    return _abs(fsspec.core.url_to_fs(url)[1], fs).rstrip("/")
+
+
+def _abs(path: str, fs) -> str:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return os.path.abspath(path) if {"file", "local"} & set(protocols) else path
 
 
 def estimate_records(shards: list[Shard], sample: list[Record]) -> int | None:

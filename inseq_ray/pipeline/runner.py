@@ -322,6 +322,11 @@ def claim_run(storage: Storage, record: dict, lease: DriverLease | None = None) 
         return True
     old = _read_run_record(storage)
     where = redact_url(storage.prefix)
+    if old is None:  # a broken claim: harmless (and removed) when nothing was committed under it
+        if storage.list_names("_shards"):
+            raise RunConflictError(f"{where}/_run.json is broken but shards are committed: use a new --output.")
+        storage.delete("_run.json")
+        return claim_run(storage, record, lease)
     complete = storage.exists("manifest.json")
     state = "a complete run" if complete else "an unfinished run"
     if old.get("fingerprint") != record["fingerprint"]:
@@ -346,14 +351,15 @@ def claim_run(storage: Storage, record: dict, lease: DriverLease | None = None) 
     return False
 
 
-def _read_run_record(storage: Storage, attempts: int = 50) -> dict:
-    """``_run.json``, waiting briefly while another process finishes creating it."""
+def _read_run_record(storage: Storage, attempts: int = 50) -> dict | None:
+    """``_run.json``, or None if it stays empty or broken (written whole now; versions before could leave it
+    half-written when a start failed, e.g. on a full disk)."""
     for _ in range(attempts):
         try:
             return storage.read_json("_run.json")
         except (json.JSONDecodeError, ValueError):
             time.sleep(0.1)
-    return storage.read_json("_run.json")
+    return None
 
 
 def config_differences(old: dict, new: dict) -> str:

@@ -140,11 +140,16 @@ class Storage:
         """Create ``parts`` only if it does not exist (local O_EXCL, S3 If-None-Match); False if it existed."""
         target = self.path(*parts)
         try:
-            if self.is_local:
+            if self.is_local:  # whole or not at all: written aside, then linked in (link fails if it exists)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
+                tmp = os.path.join(self._makedirs(self.path(TMP_DIR)), f"{uuid.uuid4().hex}.tmp")
+                try:
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                    os.link(tmp, target)
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(tmp)
             elif "s3" in self.fs.protocol:
                 self.fs.pipe_file(target, data, mode="create")
             else:  # stores without conditional writes: write-then-read-back is the best available claim
