@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=run_attribute)
     add_dataset_parser(sub)
     add_report_parser(sub)
+    add_status_parser(sub)
     return parser
 
 
@@ -131,6 +132,35 @@ def add_report_parser(sub) -> None:
     p.add_argument("--sample", type=int, default=20, help="sequences that get a heatmap page (default 20)")
     p.add_argument("--ids", nargs="*", default=[], help="seq_ids that get a heatmap page too")
     p.set_defaults(func=run_report)
+
+
+def add_status_parser(sub) -> None:
+    p = sub.add_parser(
+        "status",
+        help="how far a run is, how fast it goes, what failed (while it runs or after; local or s3://...)",
+        description="Reads only the run prefix (_run.json, shard markers, failure markers, driver leases, manifest): "
+        "shards committed / planned, records ok / errors by reason, throughput and ETA, failed shards with their "
+        "last error, live drivers, work per node.",
+    )
+    p.add_argument("run", help="the run's output prefix (a folder or a URL such as s3://bucket/run)")
+    p.add_argument("--json", action="store_true", help="print the status as JSON (for scripts)")
+    p.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="print it again every SECONDS")
+    p.set_defaults(func=run_status)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from inseq_ray.pipeline.status import read_status, render
+
+    while True:
+        status = read_status(args.run)
+        print(json.dumps(status, indent=2) if args.json else render(status), flush=True)
+        if args.watch is None or status["state"] == "complete":
+            return 0
+        time.sleep(max(1.0, args.watch))
+        print()
 
 
 def run_report(args: argparse.Namespace) -> int:

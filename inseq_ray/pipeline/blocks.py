@@ -205,12 +205,14 @@ class WriteObjects:
             self.written[parts[-1].removesuffix(".json.gz")] = (uri, len(data))
 
     def __call__(self, batch: ShardBatch) -> ShardBatch:
+        start = time.perf_counter()
         try:
             missing = [(r, seq) for r, seq in batch.results if r.seq_id not in self.queued]
             if missing:
                 self._submit(missing)
             for future in self.pending:
                 future.result()  # re-raises a write's StorageError here, before anything commits
+            batch.write_seconds += time.perf_counter() - start
             ok = {r.seq_id for r, _ in batch.results}
             for seq_id in set(self.written) - ok:  # written, then failed on a retry: no stray objects
                 self.storage.delete("sequences", seq_id[:2], f"{seq_id}.json.gz")
@@ -242,6 +244,7 @@ class CommitShard:
     def __init__(self, cfg: PipelineConfig) -> None:
         self.cfg, self.storage = cfg, Storage(cfg.output, cfg.storage_attempts)
         self.fingerprint = cfg.fingerprint()
+        self.worker, self.node = worker_identity()
 
     def __call__(self, batch: ShardBatch) -> ShardBatch:
         cfg, shard_id = self.cfg, batch.shard.shard_id
@@ -258,10 +261,14 @@ class CommitShard:
             "errors": tables.rows_table([self._error_row(r) for r in batch.errors], tables.ERRORS),
         }
         sizes = {}
+        start = time.perf_counter()
         for name, table in built.items():
             data = tables.to_parquet_bytes(table)
             self.storage.write_bytes(data, "tables", name, f"{shard_id}.parquet")
             sizes[name] = len(data)
+        reasons: dict[str, int] = {}
+        for r in batch.errors:
+            reasons[r.error_reason] = reasons.get(r.error_reason, 0) + 1
         summary = ShardSummary(
             shard_id=shard_id,
             records=len(batch.records),
@@ -273,6 +280,12 @@ class CommitShard:
             attribute_seconds=batch.attribute_seconds,
             input_bytes=batch.shard.size,
             fingerprint=self.fingerprint,
+            errors_by_reason=reasons,
+            started_at=batch.started_at,
+            finished_at=time.time(),
+            write_seconds=batch.write_seconds + time.perf_counter() - start,
+            worker=self.worker,
+            node=self.node,
         )
         self.storage.write_json(summary.to_dict(), "_shards", f"{shard_id}.json")
         batch.summary = summary
@@ -327,6 +340,22 @@ class CommitShard:
             "reason": r.error_reason,
             "message": r.error_message,
         }
+
+
+def worker_identity() -> tuple[str, str]:
+    """("host:pid", Ray node id or "") of this process, for the markers (throughput per node, failures)."""
+    import os
+    import socket
+
+    node = ""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            node = ray.get_runtime_context().get_node_id() or ""
+    except Exception:  # not under Ray, or Ray without a runtime context here
+        node = ""
+    return f"{socket.gethostname()}:{os.getpid()}", node
 
 
 BLOCKS = (ReadShard, Attribute, WriteObjects, CommitShard)

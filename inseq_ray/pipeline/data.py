@@ -30,6 +30,12 @@ class ShardSummary:
     attribute_seconds: float
     input_bytes: int
     fingerprint: str = ""  # the configuration it was made under (a manifest is never written over mixed ones)
+    errors_by_reason: dict[str, int] = field(default_factory=dict)
+    started_at: float = 0.0  # wall-clock (epoch seconds) when the worker took the shard
+    finished_at: float = 0.0  # ... and when its marker was written
+    write_seconds: float = 0.0  # waiting for object writes plus writing the table files
+    worker: str = ""  # "host:pid" of the process (actor) that ran it
+    node: str = ""  # the Ray node id ("" locally)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -44,6 +50,8 @@ class ShardBatch:
     results: list[tuple[Record, FeatureAttributionSequenceOutput]] = field(default_factory=list)  # attributed
     errors: list[Record] = field(default_factory=list)  # records with error_reason set
     attribute_seconds: float = 0.0
+    write_seconds: float = 0.0
+    started_at: float = 0.0  # wall-clock time the worker took the shard
     summary: ShardSummary | None = None
     on_records: Callable[[int], None] = field(default=lambda n: None, repr=False, compare=False)  # progress
     # results handed over as soon as a batch is attributed (WriteObjects writes them in the background)

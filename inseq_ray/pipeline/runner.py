@@ -14,6 +14,7 @@ Protocol (resumable, effectively-once):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from inseq_ray.pipeline.blocks import BLOCKS
+from inseq_ray.pipeline.blocks import BLOCKS, worker_identity
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.data import ShardBatch, check_blocks
 from inseq_ray.pipeline.lease import TTL_S, DriverLease, describe
@@ -49,17 +50,35 @@ class ShardWorker:
         self.blocks = [block(config) for block in blocks]
         check_blocks(self.blocks)
         self.on_records = on_records or (lambda n: None)
+        self.storage = Storage(config.output, config.storage_attempts)
+        self.worker = worker_identity()[0]
+        self.failed_before = set(_names(self.storage, "_failed"))  # shards whose failure marker a success removes
 
     def process(self, shard: dict) -> dict:
         try:
-            return self._process(shard)
-        except Exception as e:  # the shard's URL may be presigned: no signature leaves this actor in a message
+            summary = self._process(shard)
+        except Exception as e:
+            self._record_failure(shard["shard_id"], e)
             if redact_text(str(e)) == str(e):
                 raise
+            # the shard's URL may be presigned: no signature leaves this actor in a message
             raise ShardError(f"{type(e).__name__}: {redact_text(str(e))}") from None
+        self._clear_failure(shard["shard_id"])
+        return summary
+
+    def _record_failure(self, shard_id: str, e: Exception) -> None:
+        """``_failed/<shard>.json``: its last error in one line, for ``inseq-ray status`` (best effort)."""
+        record = {"shard_id": shard_id, "error": redact_text(one_line(e)), "at": time.time(), "worker": self.worker}
+        with contextlib.suppress(Exception):
+            self.storage.write_json(record, "_failed", f"{shard_id}.json")
+
+    def _clear_failure(self, shard_id: str) -> None:
+        if shard_id in self.failed_before:
+            with contextlib.suppress(Exception):
+                self.storage.delete("_failed", f"{shard_id}.json")
 
     def _process(self, shard: dict) -> dict:
-        batch = ShardBatch(Shard(**shard), on_records=self.on_records)
+        batch = ShardBatch(Shard(**shard), on_records=self.on_records, started_at=time.time())
         for block in self.blocks:
             if hasattr(block, "begin"):
                 block.begin(batch)
@@ -74,6 +93,12 @@ class ShardWorker:
         n = len(batch["shard_id"])
         rows = [{k: _py(v[i]) for k, v in batch.items()} for i in range(n)]
         return {"summary": np.array([json.dumps(self.process(r)) for r in rows], dtype=object)}
+
+
+def _names(storage: Storage, folder: str) -> list[str]:
+    with contextlib.suppress(Exception):
+        return [n.removesuffix(".json") for n in storage.list_names(folder) if n.endswith(".json")]
+    return []
 
 
 def _py(value):
