@@ -427,3 +427,53 @@ def test_an_output_inside_its_input_folder_is_refused_before_anything_starts(tmp
     assert not (folder / "run").exists() and not (folder / "out").exists()
     single = PipelineConfig(input=str(folder / "a.txt"), output=str(folder / "run"), use_ray=False)
     assert run(single, progress=False)["ok"] == 1  # one named file: its folder may hold the output
+
+
+# issue 23, red team: drivers of one configuration on one prefix split the shards instead of repeating them
+def test_concurrent_drivers_of_one_configuration_split_the_shards(tmp_path):
+    import threading
+
+    from inseq_ray.pipeline.blocks import BLOCKS
+
+    path = tmp_path / "c.txt"
+    path.write_text("".join(s + "\n" for s, _, _ in translation_corpus(120, seed=14)))
+    done: dict[str, list[str]] = {"A": [], "B": []}
+    a_working, b_working = threading.Event(), threading.Event()
+
+    def counting(name):
+        class Count:
+            needs, provides = ("records",), ("records",)
+
+            def __init__(self, cfg):
+                pass
+
+            def __call__(self, batch):
+                if name == "B":
+                    b_working.set()
+                else:
+                    a_working.set()
+                    if len(done["A"]) == 1:  # A's second shard waits until B works too: the runs overlap
+                        assert b_working.wait(300)
+                done[name].append(batch.shard.shard_id)
+                return batch
+
+        return Count
+
+    cfg = local(tmp_path, path, shard_bytes=1024)
+    outcome = {}
+
+    def drive(name):
+        outcome[name] = run(cfg, progress=False, blocks=(BLOCKS[0], counting(name), *BLOCKS[1:]))
+
+    threads = [threading.Thread(target=drive, args=(n,)) for n in ("A", "B")]
+    threads[0].start()
+    assert a_working.wait(300)  # B starts once A has loaded its model (two loads at once in one process race)
+    threads[1].start()
+    for t in threads:
+        t.join()
+    planned = json.loads((tmp_path / "run" / "_run.json").read_text())["shards"]
+    assert len(planned) >= 4 and done["A"] and done["B"]  # both worked
+    assert sorted(done["A"] + done["B"]) == sorted(planned)  # each shard attributed once, by one of them
+    assert outcome["A"]["records"] == outcome["B"]["records"] == 120
+    _, seqs, _ = check_complete(tmp_path / "run", 120)
+    assert seqs.height == 120 and list((tmp_path / "run" / "_claims").glob("*.json")) == []

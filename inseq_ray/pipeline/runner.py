@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from inseq_ray.pipeline.blocks import BLOCKS, worker_identity
+from inseq_ray.pipeline.claims import claim_shard, orphaned, release_shard
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.data import ShardBatch, check_blocks
 from inseq_ray.pipeline.lease import TTL_S, DriverLease, describe
@@ -45,8 +46,11 @@ class ShardWorker:
     inject their own (e.g. one that kills the process between writing and committing).
     """
 
-    def __init__(self, cfg: dict, blocks: Sequence[Callable] = BLOCKS, on_records: Callable | None = None) -> None:
+    def __init__(
+        self, cfg: dict, blocks: Sequence[Callable] = BLOCKS, on_records: Callable | None = None, driver: str = ""
+    ) -> None:
         config = PipelineConfig.from_dict(cfg)
+        self.driver = driver  # the lease id of the driver this worker serves ("": no claims, e.g. a direct call)
         self.blocks = [block(config) for block in blocks]
         check_blocks(self.blocks)
         self.on_records = on_records or (lambda n: None)
@@ -55,6 +59,18 @@ class ShardWorker:
         self.failed_before = set(_names(self.storage, "_failed"))  # shards whose failure marker a success removes
 
     def process(self, shard: dict) -> dict:
+        """The shard's summary, or ``{"shard_id", "skipped": True}`` when it is committed or claimed by another
+        live driver (:mod:`inseq_ray.pipeline.claims`)."""
+        shard_id = shard["shard_id"]
+        if self.driver and not claim_shard(self.storage, shard_id, self.driver):
+            return {"shard_id": shard_id, "skipped": True}
+        try:
+            return self._process_claimed(shard)
+        finally:
+            if self.driver:
+                release_shard(self.storage, shard_id)
+
+    def _process_claimed(self, shard: dict) -> dict:
         try:
             summary = self._process(shard)
         except Exception as e:
@@ -106,15 +122,23 @@ def _py(value):
 
 
 def run_local(
-    cfg: PipelineConfig, shards: list[Shard], blocks: Sequence[Callable] = BLOCKS, on_records: Callable | None = None
+    cfg: PipelineConfig,
+    shards: list[Shard],
+    blocks: Sequence[Callable] = BLOCKS,
+    on_records: Callable | None = None,
+    driver: str = "",
 ) -> Iterator[dict]:
-    worker = ShardWorker(cfg.to_dict(), blocks, on_records)
+    worker = ShardWorker(cfg.to_dict(), blocks, on_records, driver)
     for shard in shards:
         yield worker.process(shard.to_dict())
 
 
 def run_ray(
-    cfg: PipelineConfig, shards: list[Shard], blocks: Sequence[Callable] = BLOCKS, on_records: Callable | None = None
+    cfg: PipelineConfig,
+    shards: list[Shard],
+    blocks: Sequence[Callable] = BLOCKS,
+    on_records: Callable | None = None,
+    driver: str = "",
 ) -> Iterator[dict]:
     import ray
     from ray.data import ActorPoolStrategy, DataContext
@@ -130,7 +154,7 @@ def run_ray(
     ctx.execution_options.preserve_order = False
     ds = ray.data.from_items([s.to_dict() for s in shards], override_num_blocks=len(shards))
     ds = ds.map_batches(
-        bound_worker(cfg.to_dict(), tuple(blocks), counter),  # no constructor arguments for Ray Data to park
+        bound_worker(cfg.to_dict(), tuple(blocks), counter, driver),  # no constructor arguments for Ray Data to park
         batch_size=1,
         compute=ActorPoolStrategy(min_size=1, max_size=actors),
         num_gpus=num_gpus,
@@ -152,12 +176,13 @@ def run_ray(
         restore()
 
 
-def bound_worker(cfg: dict, blocks: tuple, counter=None) -> type:
-    """A ShardWorker class with its config, blocks and progress counter bound (Ray Data builds it without arguments)."""
+def bound_worker(cfg: dict, blocks: tuple, counter=None, driver: str = "") -> type:
+    """A ShardWorker class with its config, blocks, progress counter and driver bound (Ray Data builds it without
+    arguments)."""
 
     class BoundShardWorker(ShardWorker):
         def __init__(self) -> None:
-            super().__init__(cfg, blocks, None if counter is None else counter.add.remote)
+            super().__init__(cfg, blocks, None if counter is None else counter.add.remote, driver)
 
     return BoundShardWorker
 
@@ -280,10 +305,9 @@ def _run_claimed(
     if done and progress:
         print(f"resuming: {len(done)}/{len(shards)} shards already committed", file=sys.stderr)
     start = time.perf_counter()
-    runner = run_ray if cfg.use_ray else run_local
     bar = RecordProgress(estimate_records(pending, sample), progress) if pending else None
     try:
-        new = list(runner(cfg, pending, blocks, bar.add)) if pending else []
+        new = _attribute_pending(cfg, storage, lease, pending, blocks, bar.add if bar else None, progress)
     except BaseException as e:
         if bar is not None:
             bar.bar.close()
@@ -295,12 +319,45 @@ def _run_claimed(
     elapsed = time.perf_counter() - start
     if bar is not None:
         bar.finish(sum(s["records"] for s in new))
-    summaries = [storage.read_json("_shards", f"{s.shard_id}.json") for s in shards if s.shard_id in done] + new
+    ours = {s["shard_id"] for s in new}
+    summaries = [storage.read_json("_shards", f"{s.shard_id}.json") for s in shards if s.shard_id not in ours] + new
     claim_run(storage, record, lease)  # still ours (re-created if a failing driver removed it meanwhile)
     check_markers(storage, summaries, record["fingerprint"])
     manifest = build_manifest(cfg, shards, summaries, len(new), elapsed)
     storage.write_json(manifest, "manifest.json")
     return manifest
+
+
+def _attribute_pending(
+    cfg: PipelineConfig,
+    storage: Storage,
+    lease: DriverLease,
+    pending: list[Shard],
+    blocks: Sequence[Callable],
+    add: Callable | None,
+    progress: bool,
+    poll_s: float = 5.0,
+) -> list[dict]:
+    """Attribute ``pending`` (split with any other driver of this configuration through shard claims); then
+    wait for the shards another driver took, attributing any whose driver died. Returns this driver's summaries."""
+    runner = run_ray if cfg.use_ray else run_local
+    new: list[dict] = []
+    todo, said = pending, False
+    while todo:
+        results = list(runner(cfg, todo, blocks, add, lease.id))
+        new += [r for r in results if not r.get("skipped")]
+        waiting = {r["shard_id"] for r in results if r.get("skipped")}
+        todo = []
+        while waiting and not todo:
+            waiting -= {n.removesuffix(".json") for n in storage.list_names("_shards")}
+            orphans = set(orphaned(storage, sorted(waiting)))
+            todo = [s for s in pending if s.shard_id in orphans]
+            if waiting and not todo:
+                if progress and not said:
+                    print(f"waiting for {len(waiting)} shards another driver is attributing", file=sys.stderr)
+                    said = True
+                time.sleep(poll_s)
+    return new
 
 
 def check_markers(storage: Storage, summaries: list[dict], fingerprint: str) -> None:
