@@ -138,3 +138,16 @@ def test_chromium_renders_it_without_requests_or_overflow(report, width, tmp_pat
                 assert page.evaluate("document.querySelectorAll('svg').length") >= (3 if path == report else 0)
         finally:
             browser.close()
+
+
+def test_throughput_over_time_and_work_per_node_come_from_the_markers(translator_run, report):
+    run_ = data.open_run(translator_run)
+    manifest = json.loads(Path(translator_run, "manifest.json").read_text())
+    flow = data.throughput_over_time(run_)
+    assert flow.height == manifest["shards"] and flow["shard_records"].sum() == manifest["records"]
+    assert (flow["minutes"] >= 0).all() and flow["minutes"].is_sorted()
+    last = flow.group_by("node").agg(pl.col("records").max(), pl.col("shard_records").sum())
+    assert last["records"].to_list() == last["shard_records"].to_list()  # a running count per node
+    work = data.work_per_node(run_)
+    assert work["records"].sum() == manifest["records"] and work["shards"].sum() == manifest["shards"]
+    assert "Work per node" in report.read_text()

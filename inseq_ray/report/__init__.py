@@ -86,6 +86,8 @@ def _index(
         h.table(data.errors_by_reason(run)),
         "<h2>Distributions</h2>",
         _charts(run),
+        "<h2>Work per node</h2>",
+        h.table(data.work_per_node(run)),
         "<h2>Most frequent pairs: generated token &larr; its top-attributed input token</h2>",
         h.table(data.top_pairs(run), token_cols=("target_token", "attributed_token")),
         "<h2>Records the model was least sure of</h2>",
@@ -106,6 +108,9 @@ def _index(
 
 def _charts(run: data.Run) -> str:
     items = [charts.score_curve(df, name) for name, df in data.step_score_curves(run).items() if df.height]
+    flow = data.throughput_over_time(run)
+    if flow.height:
+        items.append(charts.throughput(flow))
     hist = data.profile_histograms(run)
     if hist:
         items.append(charts.histogram(hist["entropy"], "attribution entropy per step", "entropy (nats)"))

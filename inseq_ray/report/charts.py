@@ -49,3 +49,18 @@ def histogram(df: pl.DataFrame, title: str, xlabel: str) -> str:
     ax.set_ylabel("generation steps")
     ax.set_title(title)
     return _svg(fig)
+
+
+def throughput(df: pl.DataFrame) -> str:
+    """Records committed over time (minutes since the first shard started), one line per node."""
+    fig, ax = plt.subplots(figsize=(5.2, 2.8))
+    for node in df["node"].unique(maintain_order=True).to_list():
+        part = df.filter(pl.col("node") == node)
+        ax.step(part["minutes"].to_list(), part["records"].to_list(), where="post", lw=1.4, label=node[:12])
+    total = df.sort("minutes").with_columns(pl.col("shard_records").cum_sum().alias("all"))
+    ax.step(total["minutes"].to_list(), total["all"].to_list(), where="post", color="black", lw=1.8, label="all")
+    ax.set_xlabel("minutes since the first shard started")
+    ax.set_ylabel("records committed")
+    ax.set_title("throughput over time, per node")
+    ax.legend(frameon=False, fontsize=7)
+    return _svg(fig)

@@ -254,3 +254,38 @@ def sample_sequences(run: Run, n: int, ids: list[str], strict: bool = True) -> p
             raise ValueError(f"--ids: {', '.join(missing)} not in this run's sequences table.")
         sample = pl.concat([sample, asked]).unique("seq_id", keep="first", maintain_order=True)
     return sample
+
+
+def throughput_over_time(run: Run) -> pl.DataFrame:
+    """node, minutes (since the first shard started), records (committed by that node so far), shard_records:
+    one row per committed shard, from the markers' times (markers of versions without times are left out)."""
+    from inseq_ray.pipeline.status import _read_all
+    from inseq_ray.pipeline.storage import Storage
+
+    markers = [m for m in _read_all(Storage(run.prefix), "_shards") if m.get("finished_at")]
+    schema = {"node": pl.String, "minutes": pl.Float64, "records": pl.Int64, "shard_records": pl.Int64}
+    if not markers:
+        return pl.DataFrame(schema=schema)
+    start = min(float(m.get("started_at") or m["finished_at"]) for m in markers)
+    rows = [
+        {
+            "node": m.get("node") or (m.get("worker") or "?").rsplit(":", 1)[0],
+            "minutes": (float(m["finished_at"]) - start) / 60,
+            "shard_records": int(m.get("records", 0)),
+        }
+        for m in markers
+    ]
+    df = pl.DataFrame(rows).sort("minutes")
+    return df.with_columns(pl.col("shard_records").cum_sum().over("node").alias("records")).select(list(schema))
+
+
+def work_per_node(run: Run) -> pl.DataFrame:
+    """node, shards, records, busy_s, records_per_busy_s: what each node (or worker host) committed."""
+    from inseq_ray.pipeline.status import _per_node, _read_all
+    from inseq_ray.pipeline.storage import Storage
+
+    nodes = _per_node(_read_all(Storage(run.prefix), "_shards"))
+    if not nodes:
+        return pl.DataFrame()
+    df = pl.DataFrame(nodes)
+    return df.with_columns((pl.col("records") / pl.col("busy_s").clip(1e-9)).round(2).alias("records_per_busy_s"))
