@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import polars as pl
 import pytest
@@ -297,16 +298,19 @@ def test_a_failed_start_does_not_free_a_prefix_another_driver_has_joined(tmp_pat
     a.start()
     assert a_started.wait(300)  # A created _run.json and is attributing its first shard
     b.start()
-    assert b_started.wait(300)  # B joined with the same configuration
-    a_go.set()  # Ctrl-C in A before anything committed
+    drivers = tmp_path / "run" / "_drivers"
+    while len(list(drivers.glob("*.json"))) < 2:  # B joined with the same configuration (its lease is there)
+        assert b.is_alive(), outcome
+        time.sleep(0.05)
+    a_go.set()  # Ctrl-C in A before anything committed (B waits for A's claimed shard meanwhile)
     a.join()
     assert type(outcome["A"]).__name__ == "RunInterrupted"
     assert (tmp_path / "run" / "_run.json").exists()  # B still works: the claim stays
     with pytest.raises(RunConflictError, match="another configuration"):
         run(local(tmp_path, path, method="attention"), progress=False)  # C cannot take the prefix
     b_go.set()
-    b.join()
-    assert outcome["B"]["complete"] and outcome["B"]["ok"] == 12
+    b.join()  # A's claim was released: B takes the shard over and finishes the run
+    assert b_started.is_set() and outcome["B"]["complete"] and outcome["B"]["ok"] == 12
     markers = [json.loads(p.read_text()) for p in (tmp_path / "run" / "_shards").glob("*.json")]
     assert {m["fingerprint"] for m in markers} == {local(tmp_path, path).fingerprint()}
     assert run(local(tmp_path, path), progress=False)["already_complete"]

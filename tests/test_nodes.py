@@ -148,3 +148,42 @@ def test_worker_nodes_lost_mid_run_cost_no_record_and_all_lost_is_one_line():
         assert inseq.FeatureAttributionOutput.load(uri)[0].n_steps > 0
     said = "\n".join([out, *lines])
     assert "(raylet)" not in said and "Traceback" not in said and "marked dead" not in said, said[-3000:]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_the_driver_killed_while_actors_run_on_worker_nodes_then_a_rerun_is_exact():
+    from ray.cluster_utils import Cluster
+
+    tmp = Path(tempfile.mkdtemp(prefix="drv", dir="/tmp"))
+    sentences = [s for s, _, _ in translation_corpus(160, seed=22)]
+    (tmp / "c.txt").write_text("".join(s + "\n" for s in sentences))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        env = {**os.environ, "RAY_ADDRESS": cluster.address, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+        driver = (
+            f"from tests.faults import run_held; run_held({str(tmp / 'c.txt')!r}, {str(tmp / 'run')!r}, {str(tmp)!r})"
+        )
+        held = subprocess.Popen(
+            [sys.executable, "-c", driver], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        _wait_for_file(tmp / "run" / "_shards", held)  # a shard committed; the actors on the workers hold more
+        held.kill()  # SIGKILL the driver: its actors go with its job, their shards uncommitted
+        held.wait()
+        rerun = subprocess.run(
+            [sys.executable, "-m", "inseq_ray.cli", "attribute-dataset", "--input", str(tmp / "c.txt"), "--output",
+             str(tmp / "run"), "--shard-bytes", "1024", "--num-actors", "2", "--no-report", "--quiet"],
+            env=env, capture_output=True, text=True, timeout=900, check=False,
+        )  # fmt: skip
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert "resuming:" in rerun.stderr
+    finally:
+        cluster.shutdown()
+    seqs = pl.read_parquet(tmp / "run" / "tables" / "sequences" / "*.parquet")
+    assert seqs.height == len(sentences) and seqs["seq_id"].n_unique() == seqs.height
+    assert sorted(seqs["source_text"]) == sorted(sentences)
+    objects = list((tmp / "run" / "sequences").rglob("*.json.gz"))
+    assert sorted(p.name.removesuffix(".json.gz") for p in objects) == sorted(seqs["seq_id"])  # no stray object

@@ -24,8 +24,8 @@ import uuid
 from inseq_ray.pipeline.storage import Storage
 
 FOLDER = "_drivers"
-RENEW_S = 10.0  # heartbeat period
-TTL_S = 60.0  # a lease not renewed for this long belongs to a dead driver
+RENEW_S = 5.0  # heartbeat period
+TTL_S = 30.0  # a lease not renewed for this long belongs to a dead driver (a killed driver's shards wait this long)
 
 
 class DriverLease:
