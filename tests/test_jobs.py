@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,29 +80,15 @@ def test_ray_job_submit_of_the_shipped_entrypoint(tmp_path):
     out = tmp_path / "job-run"
     try:
         _wait_for_dashboard(dash, token.read_text())
-        job = subprocess.run(
-            [
-                str(ray_cli),
-                "job",
-                "submit",
-                f"--address=http://127.0.0.1:{dash}",
-                "--working-dir",
-                str(ROOT),
-                "--",
-                "python",
-                "jobs/attribute_dataset.py",
-                "--config",
-                "jobs/configs/example.yaml",
-                "--output",
-                str(out),
-                "--quiet",
-            ],
-            check=False,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        submit = [str(ray_cli), "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
+                  "--", "python", "jobs/attribute_dataset.py", "--config", "jobs/configs/example.yaml",
+                  "--output", str(out), "--quiet"]  # fmt: skip
+        deadline = time.monotonic() + 300
+        while True:  # the dashboard answers before its job agent is up (slow on a loaded machine): wait for it
+            job = subprocess.run(submit, check=False, env=env, capture_output=True, text=True, timeout=600)
+            if "No available agent" not in job.stdout + job.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         manifest = Storage(str(out)).read_json("manifest.json")
         assert manifest["records"] == 201 and manifest["errors"] == 1
