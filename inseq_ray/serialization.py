@@ -142,6 +142,7 @@ def from_bytes(raw: bytes, name: str = "<bytes>", limit: int = MAX_FILE_BYTES) -
         raise AttributionFileError(
             f"{name}: {len(raw):,} bytes is over the {limit:,}-byte limit for attribution files."
         )
+    check_parse_cost(raw, name, limit)
     try:
         return output_from_dict(json.loads(raw))
     except AttributionFileError as e:
@@ -151,6 +152,26 @@ def from_bytes(raw: bytes, name: str = "<bytes>", limit: int = MAX_FILE_BYTES) -
     except Exception as e:  # any parser's own error (safetensors', numpy's, torch's): one line naming the file
         first = (str(e).strip().splitlines() or [""])[0][:300]
         raise AttributionFileError(f"{name}: not a valid attribution file ({type(e).__name__}: {first}).") from None
+
+
+PARSE_MEMORY_FACTOR = 4  # parsing may take at most this many times the file-size limit in Python objects
+
+
+def check_parse_cost(raw: bytes, name: str, limit: int) -> None:
+    """Refuse, before parsing, JSON whose Python objects would take over ``PARSE_MEMORY_FACTOR x limit`` bytes.
+
+    A container costs Python at least 64 bytes and an element a pointer plus its object (16 bytes), where JSON
+    spends 1-2 bytes on them: 250 MiB of ``[{},{},...]`` would take several GB. Attribution files are mostly
+    base64 tensor strings (a byte per byte), so they are far below this bound. The count includes brackets and
+    commas inside strings: it can only over-estimate."""
+    containers = raw.count(b"{") + raw.count(b"[")
+    cost = 64 * containers + 16 * raw.count(b",") + len(raw)
+    if cost > PARSE_MEMORY_FACTOR * limit:
+        raise AttributionFileError(
+            f"{name}: its JSON structure ({containers:,} objects/arrays in {len(raw):,} bytes) would take about "
+            f"{cost / 2**20:,.0f} MiB to parse, over the {PARSE_MEMORY_FACTOR * limit / 2**20:,.0f} MiB allowed for "
+            "attribution files (max_bytes raises it)."
+        )
 
 
 def _gunzip_capped(raw: bytes, name: str, limit: int) -> bytes:

@@ -481,3 +481,25 @@ def test_concurrent_drivers_of_one_configuration_split_the_shards(tmp_path):
     assert outcome["A"]["records"] == outcome["B"]["records"] == 120
     _, seqs, _ = check_complete(tmp_path / "run", 120)
     assert seqs.height == 120 and list((tmp_path / "run" / "_claims").glob("*.json")) == []
+
+
+# issue 23, red team: files whose JSON would amplify in memory are refused before they are parsed
+def test_amplifying_json_is_refused_before_parsing_and_real_files_load(gpt2, tmp_path, monkeypatch):
+    import inseq_ray as inseq
+    from inseq_ray import serialization
+
+    limit = 1 << 20
+    dicts = tmp_path / "dicts.json"
+    dicts.write_bytes(b'{"format": "inseq_ray", "version": 1, "info": {"x": [' + b"{}," * 300_000 + b"{}]}}")
+    numbers = tmp_path / "numbers.json"  # a json_tricks array of a million one-digit numbers
+    numbers.write_bytes(b'{"__ndarray__": [' + b"0," * 500_000 + b'0], "dtype": "uint8", "shape": [1]}')
+    parsed, real_loads = [], json.loads
+    monkeypatch.setattr(serialization.json, "loads", lambda raw: parsed.append(1) or real_loads(raw))
+    for path in (dicts, numbers):
+        with pytest.raises(inseq.AttributionFileError, match=f"{path.name}: its JSON structure"):
+            inseq.FeatureAttributionOutput.load(str(path), max_bytes=limit)
+    assert parsed == []  # refused on the counts alone: nothing was parsed
+    out = gpt2.attribute(["the cat sat", "a dog"], ["the cat sat on the mat", "a dog runs"], show_progress=False)
+    for fmt in ("inseq_ray", "inseq"):
+        (path,) = out.save(str(tmp_path / f"real-{fmt}.json"), format=fmt)
+        assert len(inseq.FeatureAttributionOutput.load(path, max_bytes=limit).sequence_attributions) == 2
