@@ -267,8 +267,10 @@ class CommitShard:
             self.storage.write_bytes(data, "tables", name, f"{shard_id}.parquet")
             sizes[name] = len(data)
         reasons: dict[str, int] = {}
+        examples: dict[str, str] = {}
         for r in batch.errors:
             reasons[r.error_reason] = reasons.get(r.error_reason, 0) + 1
+            examples.setdefault(r.error_reason, r.error_message[:300])
         summary = ShardSummary(
             shard_id=shard_id,
             records=len(batch.records),
@@ -281,6 +283,7 @@ class CommitShard:
             input_bytes=batch.shard.size,
             fingerprint=self.fingerprint,
             errors_by_reason=reasons,
+            error_examples=examples,
             started_at=batch.started_at,
             finished_at=time.time(),
             write_seconds=batch.write_seconds + time.perf_counter() - start,

@@ -74,6 +74,11 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
         help="estimate records, tokens, GPU-hours and output size from a sample; run nothing",
     )
     p.add_argument("--no-report", action="store_true", help="do not print the polars summary at the end")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over: remove the run under --output first (only the files a run owns; says what it removed)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -109,6 +114,7 @@ def add_dataset_parser(sub) -> None:
 def run_dataset(args: argparse.Namespace) -> int:
     from inseq_ray.pipeline.report import print_report, print_summary
     from inseq_ray.pipeline.runner import run
+    from inseq_ray.pipeline.verdict import RunFailed, final_verdict
 
     cfg = config_from_args(args)
     if args.dry_run:
@@ -116,8 +122,11 @@ def run_dataset(args: argparse.Namespace) -> int:
 
         print_estimate(estimate(cfg))
         return 0
-    manifest = run(cfg, progress=not args.quiet)
+    manifest = run(cfg, progress=not args.quiet, overwrite=args.overwrite)
     print_summary(manifest)
+    failed = final_verdict(manifest, cfg.max_error_rate)
+    if failed:  # the results are written; the exit status says the run is not a success
+        raise RunFailed(failed)
     if not args.no_report:
         print_report(cfg.output)
     return 0

@@ -96,6 +96,11 @@ class PipelineConfig:
         8, "tries per object-store request (exponential backoff, <= 20 s apart) before the shard fails; rerun resumes"
     )
     verbose: bool = setting(False, "show Ray's own log lines and the actors' output (hidden by default)")
+    max_error_rate: float = setting(
+        0.5,
+        "a finished run with a larger share of error rows exits non-zero with the breakdown (0 ok records always "
+        "does); below 1, a run whose first records all fail for one reason stops early",
+    )
     expected_records_per_gpu_s: float = setting(1500.0, "dry-run GPU-hour estimate (engine bench, ~20-token targets)")
 
     @classmethod
@@ -130,6 +135,20 @@ class PipelineConfig:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("results")}
         return {**out, "input": redact_url(self.input)}
 
+    def _check_method_args(self) -> None:
+        """``method_args`` against the signatures of the method, the attributed function and the step scores
+        (as ``attribute()`` routes them), before anything starts: a typo is one line listing the valid names."""
+        from inseq_ray.attribution_model import _split_kwargs
+        from inseq_ray.methods import get_method
+        from inseq_ray.step_scores import get_step_function
+
+        scores = {n: get_step_function(n) for n in self.step_scores}
+        try:
+            _split_kwargs(self.method, get_method(self.method), get_step_function(self.attributed_fn), scores,
+                          dict(self.method_args))  # fmt: skip
+        except TypeError as e:
+            raise ValueError(f"--method-args: {e}") from None
+
     def validate(self) -> None:
         if not self.input or not self.output:
             raise ValueError("Both input and output are required (a file/folder/glob URL and a run prefix URL).")
@@ -139,5 +158,8 @@ class PipelineConfig:
         get_method(self.method)
         for name in [self.attributed_fn, *self.step_scores]:
             get_step_function(name)
+        self._check_method_args()
         if self.batch_size < 1 or self.shard_bytes < 1024:
             raise ValueError("batch_size must be >= 1 and shard_bytes >= 1024.")
+        if not 0 <= self.max_error_rate <= 1:
+            raise ValueError(f"max_error_rate must be between 0 and 1, got {self.max_error_rate}.")

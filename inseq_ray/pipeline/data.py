@@ -31,6 +31,7 @@ class ShardSummary:
     input_bytes: int
     fingerprint: str = ""  # the configuration it was made under (a manifest is never written over mixed ones)
     errors_by_reason: dict[str, int] = field(default_factory=dict)
+    error_examples: dict[str, str] = field(default_factory=dict)  # reason -> one message (the first)
     started_at: float = 0.0  # wall-clock (epoch seconds) when the worker took the shard
     finished_at: float = 0.0  # ... and when its marker was written
     write_seconds: float = 0.0  # waiting for object writes plus writing the table files

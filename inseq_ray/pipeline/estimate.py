@@ -14,7 +14,7 @@ import tempfile
 from inseq_ray.pipeline.blocks import BLOCKS
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.data import ShardBatch, check_blocks
-from inseq_ray.pipeline.shards import Record, Shard, plan_shards, read_shard
+from inseq_ray.pipeline.shards import Record, Shard, read_shard
 
 
 def _spread(items: list, k: int) -> list:
@@ -39,13 +39,19 @@ def spread_order(n: int) -> list[int]:
 
 
 def estimate(cfg: PipelineConfig, sample_records: int = 2000, attribute_records: int = 64) -> dict:
-    shards = plan_shards(cfg.input, cfg.input_format, cfg.shard_bytes)
+    """Every start-up check of a real run first (one-line errors), then the estimate for the method chosen."""
+    from inseq_ray.methods import method_copies
+    from inseq_ray.pipeline.preflight import preflight
+
+    cfg.validate()
+    shards, _, _ = preflight(cfg)
+    contrast = (cfg.contrast_column, cfg.contrast_source_column)
     total_bytes = sum(s.size for s in shards)
     sampled, records, sampled_bytes = [], [], 0
     for shard in (shards[i] for i in spread_order(len(shards))):
         if len(records) >= sample_records:
             break
-        part = list(read_shard(shard, cfg.source_column, cfg.target_column))
+        part = list(read_shard(shard, cfg.source_column, cfg.target_column, contrast))
         records += part
         sampled_bytes += shard.size
         sampled.append(shard)
@@ -53,8 +59,11 @@ def estimate(cfg: PipelineConfig, sample_records: int = 2000, attribute_records:
     good = [r for r in records if not r.error_reason]
     measured = _measure(cfg, _spread(good, attribute_records)) if good else {"tokens": 0.0, "bytes": {}}
     ok_share = len(good) / max(len(records), 1)
-    per_gpu = cfg.expected_records_per_gpu_s
+    copies = method_copies(cfg.method, cfg.method_args)
+    per_gpu = cfg.expected_records_per_gpu_s / copies  # the bench's rate is saliency's: one copy per row
     return {
+        "method": cfg.method,
+        "method_copies": copies,
         "shards": len(shards),
         "input_bytes": total_bytes,
         "sampled_records": len(records),
@@ -116,7 +125,8 @@ def print_estimate(e: dict) -> None:
     )
     print(
         f"estimated GPU-hours: {e['estimated_gpu_hours']:.2f} at {e['expected_records_per_gpu_s']:.0f} records/s per GPU "
-        "(expected_records_per_gpu_s; measure yours with benchmarks/engine_bench.py)"
+        f"for {e['method']} (expected_records_per_gpu_s / {e['method_copies']} copies per forward; measure yours "
+        "with benchmarks/engine_bench.py)"
     )
     sizes = ", ".join(f"{k} {v:.0f}" for k, v in sorted(e["bytes_per_record"].items()))
     print(f"bytes per record: {sizes}")

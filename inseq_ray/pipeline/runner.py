@@ -36,6 +36,7 @@ from inseq_ray.pipeline.progress import ProgressCounter, RecordProgress, poll_co
 from inseq_ray.pipeline.quiet import mute_ray_error_stream
 from inseq_ray.pipeline.shards import Shard
 from inseq_ray.pipeline.storage import Storage
+from inseq_ray.pipeline.verdict import RunFailed, early_stop
 from inseq_ray.redact import redact_text, redact_url
 
 
@@ -266,7 +267,35 @@ class RunConflictError(ValueError):
     """The output prefix holds a run of another configuration or another input; the message says what differs."""
 
 
-def run(cfg: PipelineConfig, progress: bool = True, blocks: Sequence[Callable] = BLOCKS) -> dict:
+RUN_LAYOUT = ("manifest.json", "_run.json", "_shards", "_failed", "_claims", "tables", "sequences", "_tmp")
+
+
+def overwrite_run(storage: Storage) -> str:
+    """Remove what a run owns under the prefix (never anything else there); refused while a driver works on it.
+    Returns the one line that says what was removed."""
+    live = DriverLease(storage, "").others()
+    if live:
+        raise RunConflictError(
+            f"--overwrite: {redact_url(storage.prefix)} is being written by a live run ({describe(live[0])}); "
+            "stop it first."
+        )
+    old = _read_run_record(storage, attempts=1) if storage.exists("_run.json") else None
+    shards = len(storage.list_names("_shards"))
+    removed = []
+    for name in RUN_LAYOUT:
+        path = storage.path(name)
+        if storage.fs.exists(path):
+            storage.fs.rm(path, recursive=True)
+            removed.append(name)
+    what = f"a run of {old['config'].get('model')} / {old['config'].get('method')}" if old else "run files"
+    return f"--overwrite: removed {what} ({shards} committed shards; {', '.join(removed) or 'nothing'}) at " + (
+        redact_url(storage.prefix)
+    )
+
+
+def run(
+    cfg: PipelineConfig, progress: bool = True, blocks: Sequence[Callable] = BLOCKS, overwrite: bool = False
+) -> dict:
     """Run (or resume) the pipeline with ``blocks`` (default :data:`BLOCKS`); returns the manifest.
 
     A complete run with the same configuration and input returns its manifest with
@@ -275,6 +304,8 @@ def run(cfg: PipelineConfig, progress: bool = True, blocks: Sequence[Callable] =
     cfg.validate()
     shards, sample, identity = preflight(cfg)  # input, model and output checked before any cluster starts
     storage = Storage(cfg.output, cfg.storage_attempts)
+    if overwrite:
+        print(overwrite_run(storage), file=sys.stderr)
     record = {
         "fingerprint": cfg.fingerprint(),
         "config": safe_config(cfg),
@@ -344,9 +375,15 @@ def _attribute_pending(
     new: list[dict] = []
     todo, said = pending, False
     while todo:
-        results = list(runner(cfg, todo, blocks, add, lease.id))
-        new += [r for r in results if not r.get("skipped")]
-        waiting = {r["shard_id"] for r in results if r.get("skipped")}
+        waiting = set()
+        for r in runner(cfg, todo, blocks, add, lease.id):
+            if r.get("skipped"):
+                waiting.add(r["shard_id"])
+                continue
+            new.append(r)
+            stop = early_stop(new, cfg.max_error_rate)
+            if stop:
+                raise RunFailed(stop)
         todo = []
         while waiting and not todo:
             waiting -= {n.removesuffix(".json") for n in storage.list_names("_shards")}
@@ -472,6 +509,14 @@ def safe_config(cfg: PipelineConfig) -> dict:
     return d
 
 
+def _sum_dicts(dicts) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def build_manifest(cfg: PipelineConfig, shards: list[Shard], summaries: list[dict], n_new: int, seconds: float) -> dict:
     import pyarrow
     import torch
@@ -507,6 +552,7 @@ def build_manifest(cfg: PipelineConfig, shards: list[Shard], summaries: list[dic
         "records": total("records"),
         "ok": total("ok"),
         "errors": total("errors"),
+        "errors_by_reason": _sum_dicts(s.get("errors_by_reason") or {} for s in summaries),
         "target_tokens": total("target_tokens"),
         "table_rows": rows,
         "bytes": sizes,
