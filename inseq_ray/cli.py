@@ -58,9 +58,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from inseq_ray import __version__
+
     parser = argparse.ArgumentParser(
         prog="inseq-ray", description="Feature attribution for sequence generation models."
     )
+    parser.add_argument("--version", action="version", version=f"inseq-ray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
         "attribute",

@@ -104,3 +104,23 @@ def test_dry_run_prices_the_method_chosen(tmp_path, capsys, method, copies):
     args = ["--dry-run", "-a", method, "--method-args", json.dumps({"n_steps": 20} if copies > 1 else {})]
     code, out, _ = _cli(capsys, "--input", path, "--output", tmp_path / "run", *args)
     assert code == 0 and f"/ {copies} copies per forward" in out and f"for {method}" in out
+
+
+def test_help_version_and_argument_errors_import_neither_torch_nor_transformers():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from inseq_ray.cli import main\n"
+        "for argv in (['--version'], ['--help'], ['attribute-dataset', '--help'], ['status', '--help'],"
+        " ['attribute-dataset', '--batch-size', 'x']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('IMPORTED', sorted(m for m in ('torch', 'transformers', 'ray') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert "IMPORTED []" in done.stdout and "inseq-ray 0.1.0" in done.stdout
+    assert "invalid int value: 'x'" in done.stderr
