@@ -124,3 +124,23 @@ def test_help_version_and_argument_errors_import_neither_torch_nor_transformers(
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert "IMPORTED []" in done.stdout and "inseq-ray 0.1.0" in done.stdout
     assert "invalid int value: 'x'" in done.stderr
+
+
+def test_the_users_id_column_is_carried_into_sequences_and_errors(tmp_path, capsys):
+    import polars as pl
+
+    jsonl = tmp_path / "c.jsonl"
+    rows = [{"doc": f"d{i}", "source": s} for i, s in enumerate(SENTENCES[:4])] + [{"doc": 99, "source": ""}]
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert _cli(capsys, "--input", jsonl, "--output", tmp_path / "a", "--id-column", "doc")[0] == 0
+    seqs = pl.read_parquet(tmp_path / "a" / "tables" / "sequences" / "*.parquet")
+    errs = pl.read_parquet(tmp_path / "a" / "tables" / "errors" / "*.parquet")
+    assert dict(zip(seqs["record_id"], seqs["source_text"], strict=True)) == {f"d{i}": SENTENCES[i] for i in range(4)}
+    assert errs["record_id"].to_list() == ["99"] and errs["reason"].to_list() == ["empty"]
+    csv = tmp_path / "c.csv"
+    csv.write_text("id,source\n" + "x1,the cat sees a dog\n" + "bad,row,here\n" + "x3,a bird\n")
+    assert _cli(capsys, "--input", csv, "--output", tmp_path / "b", "--id-column", "id")[0] == 0
+    seqs = pl.read_parquet(tmp_path / "b" / "tables" / "sequences" / "*.parquet").sort("position")
+    assert seqs.select("record_id", "position").rows() == [("x1", 0), ("x3", 2)]  # the malformed row is row 1
+    code, _, err = _cli(capsys, "--input", csv, "--output", tmp_path / "c", "--id-column", "nope")
+    assert code == 2 and "--id-column" in err

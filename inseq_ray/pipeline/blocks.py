@@ -39,7 +39,7 @@ class ReadShard:
     def __call__(self, batch: ShardBatch) -> ShardBatch:
         cfg = self.cfg
         contrast = (cfg.contrast_column, cfg.contrast_source_column)
-        batch.records = list(read_shard(batch.shard, cfg.source_column, cfg.target_column, contrast))
+        batch.records = list(read_shard(batch.shard, cfg.source_column, cfg.target_column, contrast, cfg.id_column))
         check_unchanged(batch.shard)  # after the read: a file changed before or during it is refused, naming it
         return batch
 
@@ -330,6 +330,7 @@ class CommitShard:
             "batch_size": [r.batch_size for r in records],
             "contrast_text": [r.contrast_target for r in records],
             "contrast_source_text": [r.contrast_source for r in records],
+            "record_id": [r.record_id for r in records],
         }
 
     @staticmethod
@@ -342,6 +343,7 @@ class CommitShard:
             "input": r.source[:MAX_INPUT_CHARS],
             "reason": r.error_reason,
             "message": r.error_message,
+            "record_id": r.record_id,
         }
 
 

@@ -56,6 +56,12 @@ class PipelineConfig:
     contrast_source_column: str | None = setting(
         None, "encoder-decoder: column with each record's contrastive source", results=True
     )
+    id_column: str | None = setting(
+        None,
+        "jsonl/csv/parquet column with your own record id, carried into the sequences and errors tables as "
+        "record_id (join the results back to your corpus on it)",
+        results=True,
+    )
     attribute_target: bool = setting(False, "encoder-decoder: also attribute the target prefix", results=True)
     attributed_fn: str = setting("probability", "step function whose gradient is attributed", results=True)
     step_scores: list[str] = setting(

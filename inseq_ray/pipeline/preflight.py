@@ -89,7 +89,7 @@ def _check_columns(cfg: PipelineConfig, shard: Shard, sample: int = 50) -> list[
     """The first records of the first file: if none has the source column, the column name is wrong."""
     records = []
     contrast = (cfg.contrast_column, cfg.contrast_source_column)
-    for record in read_shard(shard, cfg.source_column, cfg.target_column, contrast):
+    for record in read_shard(shard, cfg.source_column, cfg.target_column, contrast, cfg.id_column):
         records.append(record)
         if len(records) >= sample:
             break
@@ -97,6 +97,11 @@ def _check_columns(cfg: PipelineConfig, shard: Shard, sample: int = 50) -> list[
     if parsed and all(r.error_reason == Reason.MISSING_COLUMN for r in parsed):
         flag = "--contrast-column" if "contrast" in parsed[0].error_message else "--source-column"
         raise ValueError(f"input: {parsed[0].error_message} in {shard.rel}; pass {flag} with the right name.")
+    if cfg.id_column and parsed and all(r.record_id is None for r in parsed):
+        raise ValueError(
+            f"input: no record of {shard.rel} has a value in column {cfg.id_column!r}; pass --id-column with the "
+            "right name."
+        )
     return records
 
 

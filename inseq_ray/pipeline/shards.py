@@ -63,6 +63,7 @@ class Record:
     batch_size: int = 0  # the batch size its attribution succeeded in (smaller after an out-of-memory retry)
     contrast_target: str | None = None  # contrastive target text (contrast_column), when configured
     contrast_source: str | None = None  # contrastive source text (contrast_source_column, encoder-decoder)
+    record_id: str | None = None  # the user's own id (id_column), as text
 
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".xz": "xz"}  # read whole-file (not seekable)
@@ -320,13 +321,15 @@ def read_shard(
     source_column: str = "source",
     target_column: str | None = "target",
     contrast_columns: Contrast = (None, None),
+    id_column: str | None = None,
 ) -> Iterator[Record]:
     """Records of one shard; unreadable records come back with ``error_reason`` set, never raised.
-    ``contrast_columns``: (contrast target column, contrast source column), each required when named."""
+    ``contrast_columns``: (contrast target column, contrast source column), each required when named;
+    ``id_column``: the user's own id, carried as ``record_id`` (None where a record has none)."""
     if shard.fmt in ("text", "jsonl"):
-        yield from _read_lines(shard, source_column, target_column, contrast_columns)
+        yield from _read_lines(shard, source_column, target_column, contrast_columns, id_column)
     else:  # csv, parquet
-        yield from _read_table(shard, source_column, target_column, contrast_columns)
+        yield from _read_table(shard, source_column, target_column, contrast_columns, id_column)
 
 
 BOM = b"\xef\xbb\xbf"
@@ -373,7 +376,7 @@ def _iter_lines(f, chunk: int = 1 << 20) -> Iterator[bytes]:
 
 
 def _read_lines(
-    shard: Shard, source_column: str, target_column: str | None, contrast_columns: Contrast
+    shard: Shard, source_column: str, target_column: str | None, contrast_columns: Contrast, id_column: str | None
 ) -> Iterator[Record]:
     if shard.size == 0 and shard.start == 0 and shard.end == 0:  # a zero-byte file: one row names it
         yield _record(shard, 0, "", None, Reason.EMPTY, f"{shard.rel}: empty file")
@@ -399,12 +402,14 @@ def _read_lines(
         if not line.strip():
             yield _record(shard, pos, line, None, Reason.EMPTY, "empty line")
             continue
-        yield _json_record(shard, pos, line, source_column, target_column, contrast_columns)
+        yield _json_record(shard, pos, line, (source_column, target_column, id_column), contrast_columns)
 
 
 def _json_record(
-    shard: Shard, pos: int, line: str, source_column: str, target_column: str | None, contrast_columns: Contrast
+    shard: Shard, pos: int, line: str, columns: tuple[str, str | None, str | None], contrast_columns: Contrast
 ) -> Record:
+    """One JSONL line; ``columns``: (source, target, id) column names."""
+    source_column, target_column, id_column = columns
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
@@ -412,6 +417,16 @@ def _json_record(
     except (ValueError, RecursionError) as e:  # a 5,000-digit integer, 100,000 nested brackets: this line only
         first = str(e).split(";")[0][:200]
         return _record(shard, pos, line[:MAX_KEPT_CHARS], None, Reason.BAD_JSON, f"JSON this reader refuses: {first}")
+    record = _json_fields(shard, pos, line, obj, (source_column, target_column), contrast_columns)
+    if id_column and isinstance(obj, dict) and obj.get(id_column) is not None:
+        record.record_id = str(obj[id_column])
+    return record
+
+
+def _json_fields(
+    shard: Shard, pos: int, line: str, obj, columns: tuple[str, str | None], contrast_columns: Contrast
+) -> Record:
+    source_column, target_column = columns
     if not isinstance(obj, dict) or not isinstance(obj.get(source_column), str):
         return _record(shard, pos, line, None, Reason.MISSING_COLUMN, f"no string column {source_column!r}")
     target = obj.get(target_column) if target_column else None
@@ -477,7 +492,7 @@ def _first_record(f) -> bytes:
 
 
 def _read_table(
-    shard: Shard, source_column: str, target_column: str | None, contrast_columns: Contrast
+    shard: Shard, source_column: str, target_column: str | None, contrast_columns: Contrast, id_column: str | None
 ) -> Iterator[Record]:
     """CSV files and Parquet row groups; malformed CSV rows, rows that are not UTF-8 and a missing source column
     become error records, and a file that cannot be parsed at all (empty, not CSV/Parquet) is one error record."""
@@ -504,7 +519,19 @@ def _read_table(
             msg = f"{shard.rel} has no column {column!r} (columns: {', '.join(table.column_names)}): pass {flag}"
             yield _record(shard, shard.offset, ",".join(table.column_names), None, Reason.MISSING_COLUMN, msg)
             return
-    yield from _table_records(shard, table, source_column, target_column, contrast_columns, _positions(bad_rows))
+    records = _table_records(shard, table, source_column, target_column, contrast_columns, _positions(bad_rows))
+    if not id_column or id_column not in table.column_names:
+        yield from records
+        return
+    ids = dict(zip(_row_positions(shard, table.num_rows, _positions(bad_rows)), _column(table, id_column), strict=True))
+    for record in records:
+        value = ids.get(record.position)
+        record.record_id = (
+            None
+            if value is None
+            else (value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value))
+        )
+        yield record
 
 
 def _table(shard: Shard, bad_rows: list):
@@ -580,6 +607,18 @@ def _table_records(
             )
             continue
         yield _check_text(shard, pos, src, tgt if isinstance(tgt, str) else None, contrast)
+
+
+def _row_positions(shard: Shard, n: int, skipped: list[int]) -> list[int]:
+    """The positions of a table's ``n`` parsed rows (data-row indices in the file, malformed rows skipped)."""
+    out, index, skip = [], 0, iter(skipped)
+    next_skip = next(skip, None)
+    for _ in range(n):
+        while next_skip is not None and next_skip <= index:
+            index, next_skip = index + 1, next(skip, None)
+        out.append(shard.offset + index)
+        index += 1
+    return out
 
 
 def _utf8(value: bytes) -> bool:

@@ -41,6 +41,7 @@ SEQUENCES = pa.schema(
         ("batch_size", pa.int32()),
         ("contrast_text", pa.string()),
         ("contrast_source_text", pa.string()),
+        ("record_id", pa.string()),
     ]
 )
 ATTRIBUTIONS = pa.schema(
@@ -63,6 +64,7 @@ ERRORS = pa.schema(
         ("input", pa.string()),
         ("reason", pa.string()),
         ("message", pa.string()),
+        ("record_id", pa.string()),
     ]
 )
 STEP_SCORES_BASE = [
