@@ -151,3 +151,29 @@ def test_throughput_over_time_and_work_per_node_come_from_the_markers(translator
     work = data.work_per_node(run_)
     assert work["records"].sum() == manifest["records"] and work["shards"].sum() == manifest["shards"]
     assert "Work per node" in report.read_text()
+
+
+def test_all_zero_steps_are_left_out_of_the_pairs_and_counted(tmp_path):
+    from tests.test_pipeline import read_table
+
+    from inseq_ray.pipeline.config import PipelineConfig
+    from inseq_ray.pipeline.runner import run
+
+    path = tmp_path / "c.txt"
+    path.write_text("the cat sees a dog\na bird\n")
+    run(PipelineConfig(input=str(path), output=str(tmp_path / "run"), use_ray=False), progress=False)
+    table = next((tmp_path / "run" / "tables" / "source_attributions").glob("*.parquet"))
+    src = pl.read_parquet(table)
+    first = src.select("seq_id", "step").row(0)
+    zeroed = src.with_columns(  # one step's attribution all zero (as a contrastive copier gives)
+        pl.when((pl.col("seq_id") == first[0]) & (pl.col("step") == first[1])).then(0.0).otherwise(pl.col("score"))
+        .cast(pl.Float32).alias("score")
+    )
+    zeroed.write_parquet(table)
+    pairs, zeros = data.top_pairs_and_zero_steps(data.open_run(str(tmp_path / "run")))
+    steps = read_table(str(tmp_path / "run"), "step_scores").height
+    assert zeros == 1 and pairs["times"].sum() == steps - 1
+    index = build_report(str(tmp_path / "run"), tmp_path / "rep", sample=1).read_text()
+    assert "1 steps whose attribution is all zero are left out" in index
+    assert "share of attribution on the" not in index  # no target attributions: the share would always be 1
+    assert "heatmap pages: " in index and "How spread each step" in index

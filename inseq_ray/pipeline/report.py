@@ -35,10 +35,12 @@ def print_report(prefix: str) -> None:
     pl.Config.set_tbl_rows(8)
     pl.Config.set_fmt_str_lengths(40)
     run = data.open_run(prefix)
-    top = data.top_pairs(run, k=8)
+    top, zeros = data.top_pairs_and_zero_steps(run, k=8)
     if top.height:
         print("\nMost frequent (generated token -> its top-attributed input token):")
         print(top)
+    if zeros:
+        print(f"({zeros} steps whose attribution is all zero are left out: no token is on top)")
     if run.has_rows("step_scores") and "probability" in run.step_score_names:
         mean = run.scan("step_scores").select(pl.col("probability").mean()).collect(engine="streaming").item()
         print(f"\nmean probability of generated tokens: {mean:.3f}")

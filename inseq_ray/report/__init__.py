@@ -89,10 +89,11 @@ def _index(
         "<h2>Work per node</h2>",
         h.table(data.work_per_node(run)),
         "<h2>Most frequent pairs: generated token &larr; its top-attributed input token</h2>",
-        h.table(data.top_pairs(run), token_cols=("target_token", "attributed_token")),
+        _pairs(run),
         "<h2>Records the model was least sure of</h2>",
         h.table(least, links),
         f"<h2>Sequences ({len(links)} pages)</h2>",
+        f"<p class='muted'>{escape(_pages_caption(picked, least, links))}</p>",
         "".join(f"<p class='muted'>{escape(what)}: {n}</p>" for what, n in problems.items()),
         h.table(picked.drop("object_uri"), links),
         "<h2>Run</h2>",
@@ -106,19 +107,61 @@ def _index(
     return h.page(title, "".join(body))
 
 
+CAPTIONS = {
+    "curve": "Mean of the {name} step score at each generation step (line) and its 10th-90th percentile over the "
+    "sequences (band); later steps average fewer sequences. The axis spans the values observed.",
+    "throughput": "Records committed over time, per node (steps) and in all (black), from the shard markers' "
+    "times: a flat stretch is a node that stopped committing (lost, or busy with a long shard).",
+    "entropy": "How spread each step's attribution is: the entropy (nats) of its |scores| normalised to sum 1. "
+    "0 = one token takes everything; ln(n) = spread evenly over n tokens. Steps whose attribution is all zero "
+    "are left out.",
+    "share": "For each step, the share of its attribution on the {side} (the rest goes to the tokens generated "
+    "before it). 1 = the step looked only at the {side}.",
+}
+
+
+def _captioned(svg: str, caption: str) -> str:
+    return f"{svg}<p class='muted'>{escape(caption)}</p>"
+
+
 def _charts(run: data.Run) -> str:
-    items = [charts.score_curve(df, name) for name, df in data.step_score_curves(run).items() if df.height]
+    items = [
+        _captioned(charts.score_curve(df, name), CAPTIONS["curve"].format(name=name))
+        for name, df in data.step_score_curves(run).items()
+        if df.height
+    ]
     flow = data.throughput_over_time(run)
     if flow.height:
-        items.append(charts.throughput(flow))
+        items.append(_captioned(charts.throughput(flow), CAPTIONS["throughput"]))
     hist = data.profile_histograms(run)
     if hist:
-        items.append(charts.histogram(hist["entropy"], "attribution entropy per step", "entropy (nats)"))
-        side = "source" if run.has_rows("source_attributions") else "prompt"
-        items.append(
-            charts.histogram(hist["input_share"], f"share of attribution on the {side}", f"{side} share of the step")
-        )
+        chart = charts.histogram(hist["entropy"], "attribution entropy per step", "entropy (nats)")
+        items.append(_captioned(chart, CAPTIONS["entropy"]))
+        if run.has_rows("target_attributions"):  # without target attributions every step's share is 1
+            side = "source" if run.has_rows("source_attributions") else "prompt"
+            chart = charts.histogram(hist["input_share"], f"share of attribution on the {side}", f"{side} share")
+            items.append(_captioned(chart, CAPTIONS["share"].format(side=side)))
     return h.panels(items) if items else "<p class='muted'>no step scores or attributions in this run</p>"
+
+
+def _pairs(run: data.Run) -> str:
+    pairs, zeros = data.top_pairs_and_zero_steps(run)
+    note = (
+        "For each generation step, the input token with the largest |score|; the table counts how often each "
+        "(generated, top input) pair occurs and its share of the scored steps."
+        + (f" {zeros:,} steps whose attribution is all zero are left out (no token is on top)." if zeros else "")
+    )
+    return h.table(pairs, token_cols=("target_token", "attributed_token")) + f"<p class='muted'>{escape(note)}</p>"
+
+
+def _pages_caption(picked: pl.DataFrame, least: pl.DataFrame, links: dict[str, str]) -> str:
+    least_ids = set(least["seq_id"].to_list()) if not least.is_empty() else set()
+    sampled = len(set(links) - least_ids)
+    return (
+        f"{len(links)} heatmap pages: {sampled} from the sample (the smallest seq_ids, an even and reproducible "
+        f"sample: --sample) or asked with --ids, and {len(set(links) & least_ids)} for the records the model was "
+        "least sure of (listed above)."
+    )
 
 
 def _placeholder_page(row: dict, why: str) -> str:

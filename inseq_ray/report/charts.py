@@ -34,6 +34,8 @@ def score_curve(df: pl.DataFrame, name: str) -> str:
     ax.plot(x, df["mean"].to_list(), color=COLOR, lw=1.6, marker="o", ms=2.5, label="mean")
     ax.set_xlabel("generation step")
     ax.set_ylabel(name)
+    if name in ("probability", "mc_dropout_prob_avg", "contrast_prob") or name.endswith("_prob"):
+        ax.set_ylim(0, 1.02)  # a probability axis spans 0..1: noise in 0.9986..0.9998 must not read as a trend
     ax.set_title(f"{name} per generation step")
     ax.legend(frameon=False, fontsize=8)
     return _svg(fig)

@@ -198,14 +198,20 @@ def _coarsened(fine: pl.DataFrame, top: float) -> pl.DataFrame:
 
 
 def top_pairs(run: Run, k: int = 25) -> pl.DataFrame:
+    """The pairs of :func:`top_pairs_and_zero_steps`."""
+    return top_pairs_and_zero_steps(run, k)[0]
+
+
+def top_pairs_and_zero_steps(run: Run, k: int = 25) -> tuple[pl.DataFrame, int]:
     """The most frequent (generated token <- its top-attributed input token) pairs: target_token,
-    attributed_token, times (the number of steps where that input token scored highest), share of steps.
-    Counted shard by shard (memory bounded by one shard and the distinct pairs)."""
+    attributed_token, times (the number of steps where that input token scored highest), share of steps; and
+    the number of steps left out because their attribution is all zero (no token is on top: tie-breaking
+    would pick one). Counted shard by shard (memory bounded by one shard and the distinct pairs)."""
     tables = [t for t in ("source_attributions", "target_attributions") if run.has_rows(t)]
     keys = ["target_token", "attributed_token"]
     if not tables:
-        return pl.DataFrame(schema={"target_token": pl.String, "attributed_token": pl.String, "times": pl.UInt32})
-    counts, steps = None, 0
+        return pl.DataFrame(schema={"target_token": pl.String, "attributed_token": pl.String, "times": pl.UInt32}), 0
+    counts, steps, zeros = None, 0, 0
     for part in run.shards():
         rows = pl.concat(
             [part.scan(t).select("seq_id", "step", "target_token", "attributed_token", "score") for t in tables]
@@ -213,13 +219,16 @@ def top_pairs(run: Run, k: int = 25) -> pl.DataFrame:
         best = rows.group_by("seq_id", "step").agg(
             pl.col("target_token").first(),
             pl.col("attributed_token").sort_by(pl.col("score").abs(), descending=True).first(),
+            (pl.col("score").abs().max().fill_nan(0) > 0).alias("scored"),
         )
-        shard_counts = _collect(best.group_by(keys).agg(pl.len().cast(pl.Int64).alias("times")))
+        shard_counts = _collect(best.group_by(*keys, "scored").agg(pl.len().cast(pl.Int64).alias("times")))
+        zeros += int(shard_counts.filter(~pl.col("scored"))["times"].sum())
+        shard_counts = shard_counts.filter(pl.col("scored")).drop("scored")
         steps += int(shard_counts["times"].sum())
         both = shard_counts if counts is None else pl.concat([counts, shard_counts])
         counts = both.group_by(keys).agg(pl.col("times").sum())
     out = counts.sort("times", *keys, descending=[True, False, False]).head(k)
-    return out.with_columns((pl.col("times") / max(1, steps)).alias("share"))
+    return out.with_columns((pl.col("times") / max(1, steps)).alias("share")), zeros
 
 
 def least_sure(run: Run, k: int = 15) -> pl.DataFrame:
