@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from inseq_ray.pipeline.cli import add_dataset_parser, flag_names
+from inseq_ray.pipeline.cli import add_dataset_parser, add_flag
 from inseq_ray.pipeline.cli import json_object as _json
 from inseq_ray.redact import redact_text
 
@@ -25,36 +25,31 @@ toy:translator, toy:copier (trained on synthetic tasks, see inseq_ray.toy) need 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The flags ``attribute`` shares with ``attribute-dataset`` (same names, same Inseq aliases)."""
-    f = flag_names
-    p.add_argument(*f("model"), dest="model", required=True, help="Hugging Face model id, local folder, or toy:<name>")
-    p.add_argument(*f("method"), dest="method", default="saliency", help="attribution method id (default: saliency)")
+    add_flag(p, "model", required=True, help="Hugging Face model id, local folder, or toy:<name>")
+    add_flag(p, "method", default="saliency", help="attribution method id (default: saliency)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument(
         "--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="model precision (default: checkpoint's)"
     )
-    p.add_argument(*f("attributed_fn"), dest="attributed_fn", default="probability", help="step function to attribute")
-    p.add_argument(*f("step_scores"), dest="step_scores", nargs="*", default=[], help="e.g. probability entropy")
-    p.add_argument(
-        *f("attribute_target"), dest="attribute_target", action="store_true", help="also attribute the target prefix"
-    )
-    p.add_argument(
-        *f("method_args"),
-        dest="method_args",
+    add_flag(p, "attributed_fn", default="probability", help="step function to attribute")
+    add_flag(p, "step_scores", nargs="*", default=[], help="e.g. probability entropy")
+    add_flag(p, "attribute_target", action="store_true", help="also attribute the target prefix")
+    add_flag(
+        p,
+        "method_args",
         type=_json,
         default={},
         help="JSON method arguments, e.g. '{\"n_steps\": 20}'",
     )
-    p.add_argument(
-        *f("generation_args"),
-        dest="generation_args",
+    add_flag(
+        p,
+        "generation_args",
         type=_json,
         default={},
         help="JSON arguments for generate(), e.g. '{\"max_new_tokens\": 20}'",
     )
-    p.add_argument(*f("batch_size"), dest="batch_size", type=int, default=None, help="sentences per forward pass")
-    p.add_argument(
-        *f("include_eos_baseline"), dest="include_eos_baseline", action="store_true", help="UNK baselines at EOS too"
-    )
+    add_flag(p, "batch_size", type=int, default=None, help="sentences per forward pass")
+    add_flag(p, "include_eos_baseline", action="store_true", help="UNK baselines at EOS too")
 
 
 def build_parser() -> argparse.ArgumentParser:

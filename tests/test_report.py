@@ -154,10 +154,9 @@ def test_throughput_over_time_and_work_per_node_come_from_the_markers(translator
 
 
 def test_all_zero_steps_are_left_out_of_the_pairs_and_counted(tmp_path):
-    from tests.test_pipeline import read_table
-
     from inseq_ray.pipeline.config import PipelineConfig
     from inseq_ray.pipeline.runner import run
+    from tests.test_pipeline import read_table
 
     path = tmp_path / "c.txt"
     path.write_text("the cat sees a dog\na bird\n")
@@ -166,8 +165,11 @@ def test_all_zero_steps_are_left_out_of_the_pairs_and_counted(tmp_path):
     src = pl.read_parquet(table)
     first = src.select("seq_id", "step").row(0)
     zeroed = src.with_columns(  # one step's attribution all zero (as a contrastive copier gives)
-        pl.when((pl.col("seq_id") == first[0]) & (pl.col("step") == first[1])).then(0.0).otherwise(pl.col("score"))
-        .cast(pl.Float32).alias("score")
+        pl.when((pl.col("seq_id") == first[0]) & (pl.col("step") == first[1]))
+        .then(0.0)
+        .otherwise(pl.col("score"))
+        .cast(pl.Float32)
+        .alias("score")
     )
     zeroed.write_parquet(table)
     pairs, zeros = data.top_pairs_and_zero_steps(data.open_run(str(tmp_path / "run")))

@@ -29,6 +29,17 @@ def flag_names(name: str) -> tuple[str, ...]:
     return CONCEPT_FLAGS.get(name, ("--" + name.replace("_", "-"),))
 
 
+def add_flag(p: argparse.ArgumentParser, name: str, **kw) -> None:
+    """One flag per concept: its short name and first long name shown in ``--help``; the other spellings
+    (Inseq's ``--snake_case`` names, older aliases) accepted but hidden."""
+    names = flag_names(name)
+    longs = [n for n in names if n.startswith("--")]
+    visible = [n for n in names if not n.startswith("--")] + longs[:1]
+    p.add_argument(*visible, dest=name, **kw)
+    if longs[1:]:
+        p.add_argument(*longs[1:], dest=name, **{**kw, "help": argparse.SUPPRESS})
+
+
 def config_flags() -> list[tuple[tuple[str, ...], str, dict]]:
     """(option strings, config field, argparse kwargs) for every PipelineConfig field, from its type and help."""
     out = []
@@ -65,8 +76,8 @@ def json_object(value: str) -> dict:
 
 def add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config (keys: the PipelineConfig fields); flags override it")
-    for flags, name, kw in config_flags():
-        p.add_argument(*flags, dest=name, **kw)
+    for _, name, kw in config_flags():
+        add_flag(p, name, **kw)
     p.add_argument("--local", action="store_true", help="run the blocks in this process, without Ray")
     p.add_argument(
         "--dry-run",
