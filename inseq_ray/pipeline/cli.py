@@ -12,6 +12,7 @@ NOT_FLAGS = ("use_ray",)  # set by --local
 
 # One flag per concept in both subcommands (``attribute`` and ``attribute-dataset``), plus Inseq's CLI names.
 CONCEPT_FLAGS: dict[str, tuple[str, ...]] = {
+    "output": ("-o", "--output"),  # where results go: -o in every subcommand (attribute: --save)
     "model": ("-m", "--model", "--model_name_or_path"),
     "method": ("-a", "--method", "--attribution_method"),
     "attributed_fn": ("-fn", "--attributed-fn", "--attributed_fn"),
@@ -59,6 +60,8 @@ def config_flags() -> list[tuple[tuple[str, ...], str, dict]]:
             kw["type"] = json_object
         elif kind in ("int", "float"):
             kw["type"] = {"int": int, "float": float}[kind]
+        if f.metadata.get("choices"):
+            kw["choices"] = f.metadata["choices"]
         out.append((flag_names(f.name), f.name, kw))
     return out
 

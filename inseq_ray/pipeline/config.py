@@ -15,13 +15,20 @@ EXAMPLE_CORPUS = str(Path(__file__).resolve().parents[1] / "data" / "example_cor
 
 
 def setting(
-    default: Any = None, help: str = "", *, results: bool = False, factory=None, show_default: str | None = None
+    default: Any = None,
+    help: str = "",
+    *,
+    results: bool = False,
+    factory=None,
+    show_default: str | None = None,
+    choices: tuple[str, ...] | None = None,
 ):
     """A config field with its help text and whether it changes results (then it is in the fingerprint).
 
-    ``show_default``: how ``--help`` shows the default (when the value itself would not read well).
+    ``show_default``: how ``--help`` shows the default (when the value itself would not read well);
+    ``choices``: the values the flag accepts.
     """
-    meta = {"help": help, "results": results, "show_default": show_default}
+    meta = {"help": help, "results": results, "show_default": show_default, "choices": choices}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -95,7 +102,7 @@ class PipelineConfig:
     num_cpus_per_actor: float = setting(1.0, "CPU slots per actor (keep below the cluster's count)")
     device: str | None = setting(None, "cpu, cuda; default: cuda when the actor has a GPU")
     dtype: str | None = setting(
-        None, "fp32|bf16|fp16 (bf16/fp16 on GPUs); default: the checkpoint's dtype", results=True
+        None, "bf16/fp16 on GPUs; default: the checkpoint's dtype", results=True, choices=("fp32", "bf16", "fp16")
     )
     use_ray: bool = setting(True, "False: run the same blocks in a plain local loop (CLI: --local)")
     storage_attempts: int = setting(
