@@ -144,3 +144,23 @@ def test_the_users_id_column_is_carried_into_sequences_and_errors(tmp_path, caps
     assert seqs.select("record_id", "position").rows() == [("x1", 0), ("x3", 2)]  # the malformed row is row 1
     code, _, err = _cli(capsys, "--input", csv, "--output", tmp_path / "c", "--id-column", "nope")
     assert code == 2 and "--id-column" in err
+
+
+def test_kept_columns_are_carried_as_one_json_object(tmp_path, capsys):
+    import polars as pl
+
+    csv = tmp_path / "c.csv"
+    csv.write_text("id,source,lang,score\n" + "x1,the cat sees a dog,en,3\n" + "x2,,en,4\n")
+    code, _, _ = _cli(capsys, "--input", csv, "--output", tmp_path / "a", "--id-column", "id",
+                      "--keep-columns", "lang", "score", "--max-error-rate", "1")  # fmt: skip
+    assert code == 0
+    seqs = pl.read_parquet(tmp_path / "a" / "tables" / "sequences" / "*.parquet")
+    errs = pl.read_parquet(tmp_path / "a" / "tables" / "errors" / "*.parquet")
+    assert json.loads(seqs["record_columns"][0]) == {"lang": "en", "score": 3}  # typed as the CSV reader infers
+    assert json.loads(errs["record_columns"][0]) == {"lang": "en", "score": 4} and errs["record_id"][0] == "x2"
+    assert seqs.select(pl.col("record_columns").str.json_path_match("$.lang")).item() == "en"  # as docs/tables.md
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text(json.dumps({"source": "a bird", "meta": {"n": 1}}) + "\n")
+    assert _cli(capsys, "--input", jsonl, "--output", tmp_path / "b", "--keep-columns", "meta", "nope")[0] == 0
+    seqs = pl.read_parquet(tmp_path / "b" / "tables" / "sequences" / "*.parquet")
+    assert json.loads(seqs["record_columns"][0]) == {"meta": {"n": 1}, "nope": None}

@@ -39,7 +39,9 @@ class ReadShard:
     def __call__(self, batch: ShardBatch) -> ShardBatch:
         cfg = self.cfg
         contrast = (cfg.contrast_column, cfg.contrast_source_column)
-        batch.records = list(read_shard(batch.shard, cfg.source_column, cfg.target_column, contrast, cfg.id_column))
+        batch.records = list(
+            read_shard(batch.shard, cfg.source_column, cfg.target_column, contrast, cfg.id_column, cfg.keep_columns)
+        )
         check_unchanged(batch.shard)  # after the read: a file changed before or during it is refused, naming it
         return batch
 
@@ -331,6 +333,7 @@ class CommitShard:
             "contrast_text": [r.contrast_target for r in records],
             "contrast_source_text": [r.contrast_source for r in records],
             "record_id": [r.record_id for r in records],
+            "record_columns": [r.record_columns for r in records],
         }
 
     @staticmethod
@@ -344,6 +347,7 @@ class CommitShard:
             "reason": r.error_reason,
             "message": r.error_message,
             "record_id": r.record_id,
+            "record_columns": r.record_columns,
         }
 
 

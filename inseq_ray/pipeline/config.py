@@ -69,6 +69,12 @@ class PipelineConfig:
         "record_id (join the results back to your corpus on it)",
         results=True,
     )
+    keep_columns: list[str] = setting(
+        help="more input columns carried into the sequences and errors tables, as one JSON object in "
+        "record_columns (polars: pl.col('record_columns').str.json_path_match('$.lang'))",
+        results=True,
+        factory=list,
+    )
     attribute_target: bool = setting(False, "encoder-decoder: also attribute the target prefix", results=True)
     attributed_fn: str = setting("probability", "step function whose gradient is attributed", results=True)
     step_scores: list[str] = setting(

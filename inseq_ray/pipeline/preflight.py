@@ -89,7 +89,7 @@ def _check_columns(cfg: PipelineConfig, shard: Shard, sample: int = 50) -> list[
     """The first records of the first file: if none has the source column, the column name is wrong."""
     records = []
     contrast = (cfg.contrast_column, cfg.contrast_source_column)
-    for record in read_shard(shard, cfg.source_column, cfg.target_column, contrast, cfg.id_column):
+    for record in read_shard(shard, cfg.source_column, cfg.target_column, contrast, cfg.id_column, cfg.keep_columns):
         records.append(record)
         if len(records) >= sample:
             break

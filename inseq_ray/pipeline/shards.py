@@ -64,6 +64,7 @@ class Record:
     contrast_target: str | None = None  # contrastive target text (contrast_column), when configured
     contrast_source: str | None = None  # contrastive source text (contrast_source_column, encoder-decoder)
     record_id: str | None = None  # the user's own id (id_column), as text
+    record_columns: str | None = None  # keep_columns' values of the record, as a JSON object
 
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".xz": "xz"}  # read whole-file (not seekable)
@@ -322,14 +323,17 @@ def read_shard(
     target_column: str | None = "target",
     contrast_columns: Contrast = (None, None),
     id_column: str | None = None,
+    keep_columns: tuple[str, ...] = (),
 ) -> Iterator[Record]:
     """Records of one shard; unreadable records come back with ``error_reason`` set, never raised.
     ``contrast_columns``: (contrast target column, contrast source column), each required when named;
-    ``id_column``: the user's own id, carried as ``record_id`` (None where a record has none)."""
+    ``id_column``: the user's own id, carried as ``record_id`` (None where a record has none); ``keep_columns``:
+    more columns carried as one JSON object, ``record_columns``."""
+    carried = (id_column, tuple(keep_columns))
     if shard.fmt in ("text", "jsonl"):
-        yield from _read_lines(shard, source_column, target_column, contrast_columns, id_column)
+        yield from _read_lines(shard, source_column, target_column, contrast_columns, carried)
     else:  # csv, parquet
-        yield from _read_table(shard, source_column, target_column, contrast_columns, id_column)
+        yield from _read_table(shard, source_column, target_column, contrast_columns, carried)
 
 
 BOM = b"\xef\xbb\xbf"
@@ -376,7 +380,7 @@ def _iter_lines(f, chunk: int = 1 << 20) -> Iterator[bytes]:
 
 
 def _read_lines(
-    shard: Shard, source_column: str, target_column: str | None, contrast_columns: Contrast, id_column: str | None
+    shard: Shard, source_column: str, target_column: str | None, contrast_columns: Contrast, carried: Carried
 ) -> Iterator[Record]:
     if shard.size == 0 and shard.start == 0 and shard.end == 0:  # a zero-byte file: one row names it
         yield _record(shard, 0, "", None, Reason.EMPTY, f"{shard.rel}: empty file")
@@ -402,14 +406,19 @@ def _read_lines(
         if not line.strip():
             yield _record(shard, pos, line, None, Reason.EMPTY, "empty line")
             continue
-        yield _json_record(shard, pos, line, (source_column, target_column, id_column), contrast_columns)
+        yield _json_record(shard, pos, line, (source_column, target_column), contrast_columns, carried)
 
 
 def _json_record(
-    shard: Shard, pos: int, line: str, columns: tuple[str, str | None, str | None], contrast_columns: Contrast
+    shard: Shard,
+    pos: int,
+    line: str,
+    columns: tuple[str, str | None],
+    contrast_columns: Contrast,
+    carried: Carried = (None, ()),
 ) -> Record:
-    """One JSONL line; ``columns``: (source, target, id) column names."""
-    source_column, target_column, id_column = columns
+    """One JSONL line; ``columns``: (source, target) column names; ``carried``: (id column, kept columns)."""
+    source_column, target_column = columns
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
@@ -418,8 +427,22 @@ def _json_record(
         first = str(e).split(";")[0][:200]
         return _record(shard, pos, line[:MAX_KEPT_CHARS], None, Reason.BAD_JSON, f"JSON this reader refuses: {first}")
     record = _json_fields(shard, pos, line, obj, (source_column, target_column), contrast_columns)
-    if id_column and isinstance(obj, dict) and obj.get(id_column) is not None:
-        record.record_id = str(obj[id_column])
+    return _carry(record, carried, obj.get) if isinstance(obj, dict) else record
+
+
+Carried = tuple[str | None, tuple[str, ...]]  # (id column, kept columns) carried into the tables
+
+
+def _carry(record: Record, carried: Carried, value_of) -> Record:
+    """``record`` with its id and kept columns filled from ``value_of(column)`` (None where absent)."""
+    id_column, keep = carried
+    if id_column and value_of(id_column) is not None:
+        value = value_of(id_column)
+        record.record_id = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
+    if keep:
+        values = {c: value_of(c) for c in keep}
+        values = {c: v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v for c, v in values.items()}
+        record.record_columns = json.dumps(values, ensure_ascii=False, default=str)
     return record
 
 
@@ -492,7 +515,7 @@ def _first_record(f) -> bytes:
 
 
 def _read_table(
-    shard: Shard, source_column: str, target_column: str | None, contrast_columns: Contrast, id_column: str | None
+    shard: Shard, source_column: str, target_column: str | None, contrast_columns: Contrast, carried: Carried
 ) -> Iterator[Record]:
     """CSV files and Parquet row groups; malformed CSV rows, rows that are not UTF-8 and a missing source column
     become error records, and a file that cannot be parsed at all (empty, not CSV/Parquet) is one error record."""
@@ -520,18 +543,14 @@ def _read_table(
             yield _record(shard, shard.offset, ",".join(table.column_names), None, Reason.MISSING_COLUMN, msg)
             return
     records = _table_records(shard, table, source_column, target_column, contrast_columns, _positions(bad_rows))
-    if not id_column or id_column not in table.column_names:
+    wanted = [c for c in (carried[0], *carried[1]) if c and c in table.column_names]
+    if not wanted:
         yield from records
         return
-    ids = dict(zip(_row_positions(shard, table.num_rows, _positions(bad_rows)), _column(table, id_column), strict=True))
+    positions = _row_positions(shard, table.num_rows, _positions(bad_rows))
+    rows = {c: dict(zip(positions, _column(table, c), strict=True)) for c in wanted}
     for record in records:
-        value = ids.get(record.position)
-        record.record_id = (
-            None
-            if value is None
-            else (value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value))
-        )
-        yield record
+        yield _carry(record, carried, lambda c, p=record.position: rows[c].get(p) if c in rows else None)
 
 
 def _table(shard: Shard, bad_rows: list):

@@ -42,6 +42,7 @@ SEQUENCES = pa.schema(
         ("contrast_text", pa.string()),
         ("contrast_source_text", pa.string()),
         ("record_id", pa.string()),
+        ("record_columns", pa.string()),
     ]
 )
 ATTRIBUTIONS = pa.schema(
@@ -65,6 +66,7 @@ ERRORS = pa.schema(
         ("reason", pa.string()),
         ("message", pa.string()),
         ("record_id", pa.string()),
+        ("record_columns", pa.string()),
     ]
 )
 STEP_SCORES_BASE = [
