@@ -252,7 +252,9 @@ def test_resume_after_the_driver_is_killed(tmp_path, ray_local):
     assert 2 <= len(done_before) < total and not (out / "manifest.json").exists()
     cfg = PipelineConfig(input=str(corpus), output=str(out), shard_bytes=1024, num_actors=2)
     manifest = run(cfg, progress=False)
-    assert manifest["shards_run_this_time"] == total - len(done_before)
+    # every shard not committed before the kill is run now, except one a dying actor of the killed run may
+    # still commit after the count above: a shard committed by then is not redone (shard claims check markers)
+    assert total - len(done_before) - manifest["shards_run_this_time"] in (0, 1)
     for name, mtime in done_before.items():  # completed work was not redone
         assert (shards_dir / name).stat().st_mtime_ns == mtime
     check_complete(out, n)

@@ -12,7 +12,6 @@ NOT_FLAGS = ("use_ray",)  # set by --local
 
 # One flag per concept in both subcommands (``attribute`` and ``attribute-dataset``), plus Inseq's CLI names.
 CONCEPT_FLAGS: dict[str, tuple[str, ...]] = {
-    "output": ("-o", "--output"),  # where results go: -o in every subcommand (attribute: --save)
     "model": ("-m", "--model", "--model_name_or_path"),
     "method": ("-a", "--method", "--attribution_method"),
     "attributed_fn": ("-fn", "--attributed-fn", "--attributed_fn"),
@@ -25,15 +24,21 @@ CONCEPT_FLAGS: dict[str, tuple[str, ...]] = {
 }
 
 
+DATASET_FLAGS: dict[str, tuple[str, ...]] = {"output": ("-o", "--output")}  # -o: where results go, everywhere
+
+
 def flag_names(name: str) -> tuple[str, ...]:
     """The option strings of a config field / concept: its shared names, else ``--field-name``."""
-    return CONCEPT_FLAGS.get(name, ("--" + name.replace("_", "-"),))
+    return CONCEPT_FLAGS.get(name) or DATASET_FLAGS.get(name) or ("--" + name.replace("_", "-"),)
 
 
 def add_flag(p: argparse.ArgumentParser, name: str, **kw) -> None:
     """One flag per concept: its short name and first long name shown in ``--help``; the other spellings
     (Inseq's ``--snake_case`` names, older aliases) accepted but hidden."""
     names = flag_names(name)
+    if kw.get("required"):  # argparse checks a required flag per action: its spellings stay on one action
+        p.add_argument(*names, dest=name, **kw)
+        return
     longs = [n for n in names if n.startswith("--")]
     visible = [n for n in names if not n.startswith("--")] + longs[:1]
     p.add_argument(*visible, dest=name, **kw)
