@@ -596,13 +596,8 @@ def _table_records(
     targets = _column(table, target_column) if target_column and target_column in table.column_names else [None] * n
     contrasts = list(zip(*(_column(table, c) if c else [None] * n for c in contrast_columns)))
     names = (source_column, target_column, *contrast_columns)
-    index, skip = 0, iter(skipped)
-    next_skip = next(skip, None)
-    for src, tgt, contrast in zip(sources, targets, contrasts, strict=True):
-        while next_skip is not None and next_skip <= index:
-            index, next_skip = index + 1, next(skip, None)
-        pos = shard.offset + index
-        index += 1
+    positions = _row_positions(shard, n, skipped)
+    for pos, src, tgt, contrast in zip(positions, sources, targets, contrasts, strict=True):
         bad = next((name for name, v in zip(names, (src, tgt, *contrast)) if name and isinstance(v, bytes)
                     and not _utf8(v)), None)  # fmt: skip
         if bad:

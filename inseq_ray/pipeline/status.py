@@ -112,12 +112,12 @@ def _rates(markers: list[dict], now: float) -> dict[str, Any]:
     out: dict[str, Any] = {"records_per_s": None, "recent_records_per_s": None, "bytes_per_s": None}
     if not timed:
         return out
-    start = min(_start(m) for m in timed)
+    start = min(start_of(m) for m in timed)
     span = max(1e-9, timed[-1]["finished_at"] - start)
     out["records_per_s"] = sum(m.get("records", 0) for m in timed) / span
     out["bytes_per_s"] = sum(m.get("input_bytes", 0) for m in timed) / span
     recent = timed[-RECENT_SHARDS:]
-    recent_span = recent[-1]["finished_at"] - min(_start(m) for m in recent)
+    recent_span = recent[-1]["finished_at"] - min(start_of(m) for m in recent)
     if recent_span > 0:
         out["recent_records_per_s"] = sum(m.get("records", 0) for m in recent) / recent_span
         out["bytes_per_s"] = sum(m.get("input_bytes", 0) for m in recent) / recent_span
@@ -125,7 +125,12 @@ def _rates(markers: list[dict], now: float) -> dict[str, Any]:
     return out
 
 
-def _start(m: dict) -> float:
+def node_of(m: dict) -> str:
+    """The Ray node a marker's shard ran on, or its worker's host when not on Ray."""
+    return m.get("node") or (m.get("worker") or "?").rsplit(":", 1)[0]
+
+
+def start_of(m: dict) -> float:
     """When a shard was taken (markers of older versions have no start: their commit time)."""
     return float(m["started_at"]) if m.get("started_at") is not None else float(m["finished_at"])
 
@@ -134,7 +139,7 @@ def _per_node(markers: list[dict]) -> list[dict[str, Any]]:
     """Shards, records and busy seconds per node (or per worker process when not on Ray)."""
     nodes: dict[str, dict[str, Any]] = {}
     for m in markers:
-        key = m.get("node") or (m.get("worker") or "?").rsplit(":", 1)[0]
+        key = node_of(m)
         n = nodes.setdefault(key, {"node": key, "shards": 0, "records": 0, "busy_s": 0.0})
         n["shards"] += 1
         n["records"] += int(m.get("records", 0))

@@ -268,17 +268,17 @@ def sample_sequences(run: Run, n: int, ids: list[str], strict: bool = True) -> p
 def throughput_over_time(run: Run) -> pl.DataFrame:
     """node, minutes (since the first shard started), records (committed by that node so far), shard_records:
     one row per committed shard, from the markers' times (markers of versions without times are left out)."""
-    from inseq_ray.pipeline.status import _read_all
+    from inseq_ray.pipeline.status import _read_all, node_of, start_of
     from inseq_ray.pipeline.storage import Storage
 
     markers = [m for m in _read_all(Storage(run.prefix), "_shards") if m.get("finished_at")]
     schema = {"node": pl.String, "minutes": pl.Float64, "records": pl.Int64, "shard_records": pl.Int64}
     if not markers:
         return pl.DataFrame(schema=schema)
-    start = min(float(m.get("started_at") or m["finished_at"]) for m in markers)
+    start = min(start_of(m) for m in markers)
     rows = [
         {
-            "node": m.get("node") or (m.get("worker") or "?").rsplit(":", 1)[0],
+            "node": node_of(m),
             "minutes": (float(m["finished_at"]) - start) / 60,
             "shard_records": int(m.get("records", 0)),
         }
