@@ -6,7 +6,11 @@ heartbeat time) and renews it every :data:`RENEW_S` seconds until it ends. A lea
 
 - a driver whose start failed removes ``_run.json`` (to leave the prefix reusable) only when no other live
   lease exists: a joiner that is still working keeps the claim;
-- a driver that finds the prefix free but a live lease of another configuration on it is refused.
+- a driver that finds the prefix free but a live *claimed* lease of another configuration on it is refused.
+
+A lease says ``claimed`` only once its driver holds the run (:meth:`DriverLease.mark_claimed`): two drivers of
+different configurations starting at once both register first, and the one whose claim loses must not make
+the winner give up too (both would be refused).
 
 Writing the lease *before* claiming closes the race with a driver that is deleting a failed claim: either the
 deleter sees the new lease, or the newcomer sees no ``_run.json`` and claims it itself.
@@ -34,6 +38,7 @@ class DriverLease:
     def __init__(self, storage: Storage, fingerprint: str, renew_s: float = RENEW_S) -> None:
         self.storage, self.fingerprint, self.renew_s = storage, fingerprint, renew_s
         self.id = uuid.uuid4().hex[:16]
+        self.claimed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -44,6 +49,7 @@ class DriverLease:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "heartbeat": time.time(),
+            "claimed": self.claimed,
         }
         self.storage.write_json(record, FOLDER, f"{self.id}.json")
 
@@ -52,6 +58,11 @@ class DriverLease:
         self._thread = threading.Thread(target=self._renew, name="driver-lease", daemon=True)
         self._thread.start()
         return self
+
+    def mark_claimed(self) -> None:
+        """Say (now, not at the next beat) that this driver holds the run on the prefix."""
+        self.claimed = True
+        self._write()
 
     def _renew(self) -> None:
         while not self._stop.wait(self.renew_s):

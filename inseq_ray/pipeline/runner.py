@@ -314,6 +314,7 @@ def run(
     }
     with DriverLease(storage, record["fingerprint"]) as lease:  # registered before claiming: see lease.py
         claim_run(storage, record, lease)
+        lease.mark_claimed()
         if storage.exists("manifest.json"):
             return {**storage.read_json("manifest.json"), "already_complete": True}
         return _run_claimed(cfg, storage, record, lease, (shards, sample), progress, blocks)
@@ -430,7 +431,8 @@ def claim_run(storage: Storage, record: dict, lease: DriverLease | None = None) 
     free, the live driver of another configuration still working there (``lease``: this driver's).
     """
     if storage.create_exclusive(json.dumps(record, indent=2, sort_keys=True).encode(), "_run.json"):
-        busy = [o for o in lease.others() if o.get("fingerprint") != record["fingerprint"]] if lease else []
+        others = lease.others() if lease else []
+        busy = [o for o in others if o.get("claimed", True) and o.get("fingerprint") != record["fingerprint"]]
         if busy:
             storage.delete("_run.json")
             raise RunConflictError(
