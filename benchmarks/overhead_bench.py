@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import inseq_ray
-from inseq_ray.pipeline.blocks import CPU_BATCH_TOKENS
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.runner import run
+from inseq_ray.settings import CPU_BATCH_TOKENS
 from inseq_ray.toy.tasks import translation_pair
 
 

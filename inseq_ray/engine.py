@@ -10,7 +10,6 @@ runs for every step). Everything stays on the device until the caller copies the
 
 from __future__ import annotations
 
-import copy
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,8 @@ import torch
 from inseq_ray.models.adapter import ForwardInputs, ModelAdapter
 from inseq_ray.models.encoding import EncodedBatch
 from inseq_ray.models.layers import LayerSite, captured, check_activation, replaced, resolve_layer
-from inseq_ray.randomness import RowRandom, record_seed, seed_of
+from inseq_ray.randomness import RowRandom, seed_of
+from inseq_ray.rows import gather_rows
 from inseq_ray.step_scores import ContrastRows, StepFunction, StepFunctionArgs
 
 HEAD_CHUNK_ELEMENTS = 2**26  # max logits materialised at once when pushing rows through the head
@@ -100,24 +100,57 @@ class MethodContext:
         attributed: tuple[str, ...],
         attributed_fn: StepFunction,
         fn_kwargs: dict,
-        baseline_ids: dict[str, torch.Tensor],
+        embeds: dict[str, torch.Tensor],
+        baselines: dict[str, torch.Tensor],
+        *,
         vjp: str = "loop",
         blocks: int = 1,
         row_keys: Sequence[str] | None = None,
+        token_ids: dict[str, int | None] | None = None,
+        step_context: StepContext | None = None,
+        site: LayerSite | None = None,
+        context_embeds: dict[str, torch.Tensor] | None = None,
     ) -> None:
+        """Use :meth:`for_batch` (which embeds the ids); ``embeds``/``baselines``: name -> (B, L, H)."""
         self.adapter, self.batch, self.attributed = adapter, batch, attributed
-        self.row_keys = list(row_keys) if row_keys is not None else [f"row {b}" for b in range(batch.size)]
         self.fn, self.fn_kwargs, self.vjp, self.blocks = attributed_fn, fn_kwargs, vjp, blocks
+        self.embeds, self.baselines = embeds, baselines
+        self.row_keys = list(row_keys) if row_keys is not None else [f"row {b}" for b in range(batch.size)]
+        self.token_ids = dict(token_ids or {})  # the tokenizer's special ids ("unk", "pad") for perturbations
+        self.step_context = step_context if step_context is not None else StepContext()
+        self.site = site  # a layer's output as the attributed input (see at_layer)
+        self.context_embeds = dict(context_embeds or {})  # layer context: (R*B, L, H) inputs under the layer
         self.plan = StepPlan.from_batch(batch)
-        with torch.no_grad():
-            self.embeds = self._embed(batch.source_ids, batch.target_ids)  # name -> (B, L, H)
-            self.baselines = self._embed(baseline_ids.get("source"), baseline_ids["target"])
         self._input_rows: torch.Tensor | None = None  # (B, T, H) state rows at the real input
         self._input_logits: torch.Tensor | None = None  # (B, T, V) logits at the real input
-        self.step_context = StepContext()  # filled by attribute() before the method runs
-        self.site: LayerSite | None = None  # a layer's output as the attributed input (see at_layer)
-        self.context_embeds: dict[str, torch.Tensor] = {}  # layer context: (R*B, L, H) inputs under the layer
-        self.token_ids: dict[str, int | None] = {}  # the tokenizer's special ids ("unk", "pad") for perturbations
+
+    @classmethod
+    def for_batch(
+        cls,
+        adapter: ModelAdapter,
+        batch: EncodedBatch,
+        attributed: tuple[str, ...],
+        attributed_fn: StepFunction,
+        fn_kwargs: dict,
+        baseline_ids: dict[str, torch.Tensor],
+        **options,
+    ) -> MethodContext:
+        """The context of ``batch``: its ids and ``baseline_ids`` (name -> (B, L)) embedded once; ``options`` as
+        the constructor's (vjp, blocks, row_keys, token_ids, step_context)."""
+        with torch.no_grad():
+            embeds = _embed(adapter, batch.source_ids, batch.target_ids)
+            baselines = _embed(adapter, baseline_ids.get("source"), baseline_ids["target"])
+        return cls(adapter, batch, attributed, attributed_fn, fn_kwargs, embeds, baselines, **options)
+
+    def derive(self, **changes) -> MethodContext:
+        """A new context over this batch with ``changes`` to the constructor's arguments (fresh caches)."""
+        args = {
+            "adapter": self.adapter, "batch": self.batch, "attributed": self.attributed, "attributed_fn": self.fn,
+            "fn_kwargs": self.fn_kwargs, "embeds": self.embeds, "baselines": self.baselines, "vjp": self.vjp,
+            "blocks": self.blocks, "row_keys": self.row_keys, "token_ids": self.token_ids,
+            "step_context": self.step_context, "site": self.site, "context_embeds": self.context_embeds,
+        }  # fmt: skip
+        return MethodContext(**{**args, **changes})
 
     def row_random(self, generator: torch.Generator | int | None) -> RowRandom:
         """Per-record draws for this batch (see :mod:`inseq_ray.randomness`)."""
@@ -135,12 +168,6 @@ class MethodContext:
     @property
     def n_steps(self) -> int:
         return self.plan.positions.shape[1]
-
-    def _embed(self, source_ids: torch.Tensor | None, target_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {"target": self.adapter.embed_target(target_ids)}
-        if source_ids is not None:
-            out["source"] = self.adapter.embed_source(source_ids)
-        return out
 
     def forward_inputs(self, embeds: dict[str, torch.Tensor], r: int, length: int | None = None) -> ForwardInputs:
         """Forward inputs for R stacked copies: the batch's ids, with ``embeds`` (name -> (R*B, L, H))
@@ -172,9 +199,10 @@ class MethodContext:
         with replaced(self.site, value):
             return self.adapter.states(inputs)
 
-    def at_layer(self, target_layer) -> MethodContext:
+    def at_layer(self, target_layer, context_embeds: dict[str, torch.Tensor] | None = None) -> MethodContext:
         """This batch with a layer's output as the attributed input: ``embeds``/``baselines`` become the layer's
-        output at the inputs and at the baselines (captum's layer methods), on the layer's side."""
+        output at the inputs and at the baselines (captum's layer methods), on the layer's side.
+        ``context_embeds`` (name -> (R*B, L, H)): the inputs under the layer in the forward (default: the ids')."""
         site = resolve_layer(self.adapter, target_layer)
         b = self.batch
         length = (b.source_ids if site.side == "source" else b.target_ids).shape[1]
@@ -185,11 +213,13 @@ class MethodContext:
             with captured(site) as seen:
                 self.adapter.states(self.forward_inputs({k: self.baselines[k] for k in self.attributed}, 1))
             at_baseline = check_activation(site, seen, b.size, length)
-        layer = copy.copy(self)
-        layer.site, layer.attributed = site, (site.side,)
-        layer.embeds, layer.baselines = {site.side: at_input}, {site.side: at_baseline}
-        layer._input_rows = layer._input_logits = None
-        return layer
+        return self.derive(
+            site=site,
+            attributed=(site.side,),
+            embeds={site.side: at_input},
+            baselines={site.side: at_baseline},
+            context_embeds=context_embeds,
+        )
 
     def step_blocks(self) -> list[tuple[int, int]]:
         """Contiguous step ranges, one forward each (one range unless ``blocks`` > 1)."""
@@ -237,20 +267,28 @@ class MethodContext:
         rows: (RB, T', H) for steps t0..t0+T'-1 of R stacked copies of the batch.
         """
         flat = rows.flatten(0, 1)  # (RB*T', H)
-        tgt, valid = plan.target_ids.flatten(), plan.valid.flatten()
-        chunk = max(1, HEAD_CHUNK_ELEMENTS // max(1, self.vocab_size))
         out = torch.zeros_like(flat, dtype=torch.float32)
-        steps = rows.shape[1]
-        for s in range(0, flat.shape[0], chunk):
-            k = torch.arange(s, min(s + chunk, flat.shape[0]), device=flat.device)  # flat cell indices
-            contrast, extras = self._cell_data(k, steps, t0)
-            leaf = flat[s : s + chunk].detach().requires_grad_(True)
-            args = StepFunctionArgs(self.adapter.head(leaf), tgt[s : s + chunk], contrast, True, extras)
-            f = self.fn(args, **self.fn_kwargs)
-            f = torch.where(valid[s : s + chunk], f, torch.zeros_like(f))
-            (out[s : s + chunk],) = torch.autograd.grad(f.sum(), leaf)
-        out = torch.where(valid[:, None], out, torch.zeros_like(out))  # empty cells contribute nothing, even NaN
+        for sl, leaf_rows, args_of in self._head_chunks(flat, plan, rows.shape[1], t0):
+            leaf = leaf_rows.detach().requires_grad_(True)
+            f = self.fn(args_of(leaf), **self.fn_kwargs)
+            f = torch.where(plan.valid.flatten()[sl], f, torch.zeros_like(f))
+            (out[sl],) = torch.autograd.grad(f.sum(), leaf)
+        out = torch.where(plan.valid.flatten()[:, None], out, torch.zeros_like(out))  # empty cells: 0, even NaN
         return out.view_as(rows).to(rows.dtype)
+
+    def _head_chunks(self, flat: torch.Tensor, plan: StepPlan, steps: int, t0: int = 0):
+        """Yield (slice, rows (N, H), rows -> StepFunctionArgs) over chunks of ``flat`` (RB*T', H) cell rows, so
+        that at most HEAD_CHUNK_ELEMENTS logits exist at once."""
+        tgt = plan.target_ids.flatten()
+        chunk = max(1, HEAD_CHUNK_ELEMENTS // max(1, self.vocab_size))
+        for s in range(0, flat.shape[0], chunk):
+            sl = slice(s, min(s + chunk, flat.shape[0]))
+            contrast, extras = self._cell_data(torch.arange(sl.start, sl.stop, device=flat.device), steps, t0)
+
+            def args_of(rows: torch.Tensor, sl=sl, contrast=contrast, extras=extras) -> StepFunctionArgs:
+                return StepFunctionArgs(self.adapter.head(rows), tgt[sl], contrast, True, extras)
+
+            yield sl, flat[sl], args_of
 
     def _cell_data(self, k: torch.Tensor, steps: int, t0: int = 0):
         """Step-function data of flat cell indices ``k`` (N,) over (R*B, steps) rows starting at step ``t0``."""
@@ -308,66 +346,21 @@ class MethodContext:
         return torch.where(self.plan.valid, values.float(), torch.full_like(values.float(), float("nan")))
 
     @torch.no_grad()
-    def dropout_logprobs(self, n: int, seed: int = 0) -> list[torch.Tensor]:
-        """``n`` forwards at the real inputs with dropout active -> each (B, T) target log-probabilities.
-
-        Per record: each row runs alone, unpadded, with torch's generators seeded from ``seed`` and the row's
-        key (and restored afterwards), so its dropout masks never depend on the batch it is in. Every
-        module's training flag is restored afterwards, also on error (actors reuse the model).
-        """
-        model = self.adapter.model
-        flags = {m: m.training for m in model.modules()}
-        rows = []
-        try:
-            model.train()
-            for b in range(self.batch.size):
-                rows.append(self._row_dropout_logprobs(b, n, record_seed(seed, self.row_keys[b], "mc_dropout")))
-        finally:
-            for m, flag in flags.items():
-                m.train(flag)
-        return [torch.cat([r[i] for r in rows]) for i in range(n)]
-
-    def _row_dropout_logprobs(self, b: int, n: int, seed: int) -> list[torch.Tensor]:
-        """Row ``b`` alone, trimmed to its real tokens: ``n`` dropout forwards -> each (1, T) log-probabilities."""
-        batch, plan = self.batch, self.plan
-        lt = int(batch.target_mask[b].sum())
-        ls = None if batch.source_mask is None else int(batch.source_mask[b].sum())
-        inputs = ForwardInputs(
-            target_ids=batch.target_ids[b : b + 1, :lt],
-            target_mask=batch.target_mask[b : b + 1, :lt],
-            source_ids=None if ls is None else batch.source_ids[b : b + 1, :ls],
-            source_mask=None if ls is None else batch.source_mask[b : b + 1, :ls],
-        )
-        positions, targets = (plan.positions[b : b + 1] - 1).clamp(max=lt - 1), plan.target_ids[b : b + 1]
-        devices = [self.adapter.device] if self.adapter.device.type == "cuda" else []
-        out = []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            for _ in range(n):
-                logits = self.adapter.head(gather_rows(self.adapter.states(inputs), positions).flatten(0, 1)).float()
-                out.append(logits.log_softmax(-1).gather(-1, targets.flatten()[:, None]).view(1, -1))
-        return out
-
-    @torch.no_grad()
     def attributed_values(self, embeds: dict[str, torch.Tensor], r: int = 1) -> torch.Tensor:
         """(R*B, T) attributed function at other inputs (baselines, perturbations): one no-grad forward of R
         stacked copies (``embeds``: name -> (R*B, L, H); sides not given embed their own ids). Empty cells: 0."""
-        states = self.states(embeds, r)
         plan = self.plan.repeat(r)
-        rows = gather_rows(states, plan.positions - 1).flatten(0, 1)  # (RB*T, H)
-        tgt, steps = plan.target_ids.flatten(), plan.positions.shape[1]
-        chunk = max(1, HEAD_CHUNK_ELEMENTS // max(1, self.vocab_size))
+        rows = gather_rows(self.states(embeds, r), plan.positions - 1).flatten(0, 1)  # (RB*T, H)
         values = torch.empty(rows.shape[0], device=rows.device, dtype=torch.float32)
-        for s in range(0, rows.shape[0], chunk):
-            k = torch.arange(s, min(s + chunk, rows.shape[0]), device=rows.device)
-            contrast, extras = self._cell_data(k, steps)
-            args = StepFunctionArgs(self.adapter.head(rows[s : s + chunk]), tgt[s : s + chunk], contrast, True, extras)
-            values[s : s + chunk] = self.fn(args, **self.fn_kwargs).float()
+        for sl, chunk_rows, args_of in self._head_chunks(rows, plan, plan.positions.shape[1]):
+            values[sl] = self.fn(args_of(chunk_rows), **self.fn_kwargs).float()
         values = values.view(plan.valid.shape)
         return torch.where(plan.valid, values, torch.zeros_like(values))
 
 
-def gather_rows(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """states (N, L, H), positions (N, T) -> (N, T, H) rows at those positions (negatives -> 0)."""
-    pos = positions.clamp(min=0)
-    return states.gather(1, pos[..., None].expand(-1, -1, states.shape[-1]))
+def _embed(adapter: ModelAdapter, source_ids: torch.Tensor | None, target_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(B, L) ids per side -> name -> (B, L, H) embeddings."""
+    out = {"target": adapter.embed_target(target_ids)}
+    if source_ids is not None:
+        out["source"] = adapter.embed_source(source_ids)
+    return out

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
 from inseq_ray import aggregation as agg
+from inseq_ray.tokens import TokenWithId
 
-
-class TokenWithId(NamedTuple):
-    token: str
-    id: int
+__all__ = ["FeatureAttributionOutput", "FeatureAttributionSequenceOutput", "TokenWithId", "merge_attributions"]
 
 
 @dataclass(eq=False)

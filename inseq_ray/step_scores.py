@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from inseq_ray.models.adapter import ForwardInputs
+from inseq_ray.randomness import record_seed
 from inseq_ray.registry import lookup, register
+from inseq_ray.rows import gather_rows
 
 
 @dataclass
@@ -221,7 +224,7 @@ def _prepare_mc_dropout(ctx, n_mcd_steps: int = 5, logprob: bool = False, seed: 
     """n_mcd_steps no-grad forwards of the batch with dropout on -> (B, T, n) target log-probabilities."""
     if not isinstance(n_mcd_steps, int) or n_mcd_steps < 2:
         raise ValueError(f"n_mcd_steps must be an int >= 2 (a standard deviation needs two), got {n_mcd_steps!r}.")
-    runs = torch.stack(ctx.dropout_logprobs(n_mcd_steps, seed), dim=-1)  # (B, T, n)
+    runs = torch.stack(dropout_logprobs(ctx, n_mcd_steps, seed), dim=-1)  # (B, T, n)
     spread = runs.std(-1)[ctx.plan.valid]
     if spread.numel() and not bool((spread > 0).any()):
         raise ValueError(
@@ -232,6 +235,50 @@ def _prepare_mc_dropout(ctx, n_mcd_steps: int = 5, logprob: bool = False, seed: 
 
 
 mc_dropout_prob_avg_fn.prepare = _prepare_mc_dropout  # type: ignore[attr-defined]
+
+
+@torch.no_grad()
+def dropout_logprobs(ctx, n: int, seed: int = 0) -> list[torch.Tensor]:
+    """``n`` forwards of ``ctx``'s batch (a MethodContext) at the real inputs with dropout active -> each (B, T)
+    target log-probabilities.
+
+    Per record: each row runs alone, unpadded, with torch's generators seeded from ``seed`` and the row's
+    key (and restored afterwards), so its dropout masks never depend on the batch it is in. Every
+    module's training flag is restored afterwards, also on error (actors reuse the model).
+    """
+    model = ctx.adapter.model
+    flags = {m: m.training for m in model.modules()}
+    rows = []
+    try:
+        model.train()
+        for b in range(ctx.batch.size):
+            rows.append(_row_dropout_logprobs(ctx, b, n, record_seed(seed, ctx.row_keys[b], "mc_dropout")))
+    finally:
+        for m, flag in flags.items():
+            m.train(flag)
+    return [torch.cat([r[i] for r in rows]) for i in range(n)]
+
+
+def _row_dropout_logprobs(ctx, b: int, n: int, seed: int) -> list[torch.Tensor]:
+    """Row ``b`` alone, trimmed to its real tokens: ``n`` dropout forwards -> each (1, T) log-probabilities."""
+    batch, plan, adapter = ctx.batch, ctx.plan, ctx.adapter
+    lt = int(batch.target_mask[b].sum())
+    ls = None if batch.source_mask is None else int(batch.source_mask[b].sum())
+    inputs = ForwardInputs(
+        target_ids=batch.target_ids[b : b + 1, :lt],
+        target_mask=batch.target_mask[b : b + 1, :lt],
+        source_ids=None if ls is None else batch.source_ids[b : b + 1, :ls],
+        source_mask=None if ls is None else batch.source_mask[b : b + 1, :ls],
+    )
+    positions, targets = (plan.positions[b : b + 1] - 1).clamp(max=lt - 1), plan.target_ids[b : b + 1]
+    devices = [adapter.device] if adapter.device.type == "cuda" else []
+    out = []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for _ in range(n):
+            logits = adapter.head(gather_rows(adapter.states(inputs), positions).flatten(0, 1)).float()
+            out.append(logits.log_softmax(-1).gather(-1, targets.flatten()[:, None]).view(1, -1))
+    return out
 
 
 STEP_FUNCTIONS: dict[str, StepFunction] = {

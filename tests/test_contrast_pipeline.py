@@ -60,7 +60,7 @@ def test_contrastive_corpus_end_to_end(tmp_path):
     ("overrides", "match"),
     [
         ({"step_scores": ["contrast_prob"]}, "--contrast-column"),
-        ({"contrast_column": "contrast"}, "no contrastive step function"),
+        ({"contrast_column": "contrast"}, "neither --attributed-fn nor --step-scores"),
         ({"contrast_column": "nope", "step_scores": ["contrast_prob"]}, "nope"),
     ],
 )
@@ -70,3 +70,20 @@ def test_contrast_mistakes_fail_before_any_work(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
         run(cfg, progress=False)
     assert not (tmp_path / "run" / "_run.json").exists()
+
+
+def test_dry_run_with_contrast_columns_prices_records_that_have_their_contrast(tmp_path):
+    """The estimate reads the same columns a run reads: with --contrast-column every sampled record is ok
+    (read without the column, each would be a missing-contrast error and the estimate would be 0 ok)."""
+    from inseq_ray.pipeline.estimate import estimate
+
+    lines = [{"source": s, "target": t, "contrast": c, "id": f"r{i}"} for i, (s, t, c) in enumerate(PAIRS)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    cfg = PipelineConfig(
+        input=str(tmp_path / "c.jsonl"), output=str(tmp_path / "run"), use_ray=False, contrast_column="contrast",
+        step_scores=["contrast_prob_diff"], id_column="id",
+    )  # fmt: skip
+    e = estimate(cfg)
+    assert e["sampled_records"] == len(PAIRS) and e["estimated_ok_records"] == len(PAIRS)
+    assert e["target_tokens_per_record"] > 0 and e["bytes_per_record"]
+    assert not (tmp_path / "run" / "_run.json").exists()  # a dry run claims nothing

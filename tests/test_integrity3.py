@@ -335,9 +335,10 @@ def test_a_lone_failed_start_frees_the_prefix_and_a_live_foreign_lease_blocks_a_
             run(local(tmp_path, path), progress=False)
     assert not (tmp_path / "run" / "_run.json").exists()
     with DriverLease(Storage(str(tmp_path / "other")), "another-fingerprint"):  # registered, its claim not yet made:
-        assert run(PipelineConfig(input=str(path), output=str(tmp_path / "other"), use_ray=False), progress=False)[
-            "ok"
-        ] == 4  # a driver that is only starting does not block the one that claims first (it will be refused)
+        assert (
+            run(PipelineConfig(input=str(path), output=str(tmp_path / "other"), use_ray=False), progress=False)["ok"]
+            == 4
+        )  # a driver that is only starting does not block the one that claims first (it will be refused)
     assert run(local(tmp_path, path), progress=False)["ok"] == 4  # its lease gone: the prefix is free
 
 

@@ -42,6 +42,5 @@ def layer_deeplift(ctx: MethodContext, target_layer=None, eps: float = 1e-10) ->
     when an encoder layer is attributed), not only the layer."""
     if target_layer is None:
         return deeplift(ctx, eps)
-    layer = ctx.at_layer(target_layer)
-    layer.context_embeds = {k: torch.cat([ctx.embeds[k], ctx.baselines[k]]) for k in ctx.attributed}
-    return deeplift(layer, eps)
+    under = {k: torch.cat([ctx.embeds[k], ctx.baselines[k]]) for k in ctx.attributed}  # (2B, L, H)
+    return deeplift(ctx.at_layer(target_layer, context_embeds=under), eps)

@@ -22,8 +22,6 @@ def occlusion(ctx: MethodContext, patterns_per_forward: int = 16) -> MethodResul
     Forward budget per batch: 1 + (tokens of each attributed side), ``patterns_per_forward`` patterns
     stacked into each forward (rows = patterns x batch).
     """
-    if not isinstance(patterns_per_forward, int) or patterns_per_forward < 1:
-        raise ValueError(f"patterns_per_forward must be a positive int, got {patterns_per_forward!r}.")
     reference = ctx.attributed_values({}, 1)  # (B, T) f at the real inputs
     b, t = reference.shape
     out = {}

@@ -23,8 +23,6 @@ def sequential_integrated_gradients(
     return_convergence_delta: bool = False,
 ) -> MethodResult:
     """Per-token integrated gradients (T, B, L, H); see the module docstring."""
-    if not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive int, got {n_steps!r}.")
     weights, alphas = quadrature(method, n_steps)
     b, device = ctx.batch.size, ctx.adapter.device
     copies = [  # (side, token, quadrature point): the target's last token is never an input

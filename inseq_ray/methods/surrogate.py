@@ -31,7 +31,7 @@ def lime(
     generator: torch.Generator | int | None = None,
 ) -> MethodResult:
     """Ridge-surrogate coefficients (T, B, L, H) per attributed side; see the module docstring."""
-    _check(n_samples, mask_prob, alpha, patterns_per_forward)
+    _check(n_samples, mask_prob, alpha)
     if mask_token not in ("unk", "pad"):
         raise ValueError(f"mask_token={mask_token!r}: valid are 'unk', 'pad'.")
     fill = ctx.token_ids.get(mask_token)
@@ -101,12 +101,10 @@ def _features(ctx: MethodContext, name: str) -> torch.Tensor:
     return (positions[None, None, :] < ctx.plan.positions[:, :, None]) & b.target_mask.bool()[:, None, :]
 
 
-def _check(n_samples, mask_prob, alpha, patterns_per_forward) -> None:
+def _check(n_samples, mask_prob, alpha) -> None:
     if not isinstance(n_samples, int) or n_samples < 2:
         raise ValueError(f"n_samples must be an int >= 2, got {n_samples!r}.")
     if not 0 <= mask_prob < 1:
         raise ValueError(f"mask_prob must be in [0, 1), got {mask_prob!r}.")
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0, got {alpha!r}.")
-    if not isinstance(patterns_per_forward, int) or patterns_per_forward < 1:
-        raise ValueError(f"patterns_per_forward must be a positive int, got {patterns_per_forward!r}.")

@@ -19,8 +19,9 @@ from __future__ import annotations
 import torch
 
 from inseq_ray.aggregation import select_indices
-from inseq_ray.engine import MethodContext, MethodResult, gather_rows
+from inseq_ray.engine import MethodContext, MethodResult
 from inseq_ray.models.values import ValueSite, decoder_blocks, patched_blocks, value_sites, zeroed
+from inseq_ray.rows import gather_rows
 
 SIMILARITY_METRICS = ("cosine", "euclidean")
 
@@ -46,8 +47,6 @@ def value_zeroing(
     """
     if similarity_metric not in SIMILARITY_METRICS:
         raise ValueError(f"similarity_metric={similarity_metric!r}: valid are {', '.join(SIMILARITY_METRICS)}.")
-    if not isinstance(patterns_per_forward, int) or patterns_per_forward < 1:
-        raise ValueError(f"patterns_per_forward must be a positive int, got {patterns_per_forward!r}.")
     if encoder_zeroed_units_indices is not None or output_encoder_self_scores:
         raise ValueError(
             "encoder_zeroed_units_indices / output_encoder_self_scores: inseq_ray's value_zeroing scores the decoder "

@@ -7,12 +7,15 @@ with causal masking (decoder) and key masking (encoder) batched results equal un
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from inseq_ray.errors import InputError, Reason
-from inseq_ray.output import TokenWithId
+from inseq_ray.tokens import TokenWithId
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["EncodedBatch", "InputError", "encode_decoder_only", "encode_encoder_decoder"]
 

@@ -43,6 +43,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+def resolve_model_ref(model: str | PreTrainedModel) -> str | PreTrainedModel:
+    """``toy:<name>`` -> the toy model's local folder (built on first use); anything else as given."""
+    if isinstance(model, str) and model.startswith("toy:"):
+        from inseq_ray.toy import resolve_toy
+
+        return resolve_toy(model)
+    return model
+
+
 def load_hf_model(
     model: str | PreTrainedModel,
     *,

@@ -16,15 +16,12 @@ from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenc
 from inseq_ray.pipeline import tables
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.data import ShardBatch, ShardSummary
-from inseq_ray.pipeline.shards import Record, check_unchanged, read_shard
+from inseq_ray.pipeline.shards import Record, Shard, check_unchanged, read_shard
 from inseq_ray.pipeline.storage import Storage
 from inseq_ray.serialization import to_bytes
+from inseq_ray.settings import default_batch_tokens
 
 WRITE_BACKLOG_SLOTS = 8  # attributed batches queued for the writer before attribution waits for storage
-GPU_BATCH_TOKENS = (
-    1 << 20
-)  # padded tokens x method copies per forward: ~1M fits a 7B-class model's activations on 80 GB
-CPU_BATCH_TOKENS = 1 << 15  # on CPU, bigger forwards only add memory traffic (measured: step_blocks notes)
 MAX_INPUT_CHARS = 1000  # error rows keep at most this much of the offending input
 
 
@@ -37,13 +34,15 @@ class ReadShard:
         self.cfg = cfg
 
     def __call__(self, batch: ShardBatch) -> ShardBatch:
-        cfg = self.cfg
-        contrast = (cfg.contrast_column, cfg.contrast_source_column)
-        batch.records = list(
-            read_shard(batch.shard, cfg.source_column, cfg.target_column, contrast, cfg.id_column, cfg.keep_columns)
-        )
+        batch.records = read_records(self.cfg, batch.shard)
         check_unchanged(batch.shard)  # after the read: a file changed before or during it is refused, naming it
         return batch
+
+
+def read_records(cfg: PipelineConfig, shard: Shard) -> list[Record]:
+    """The records of ``shard`` with every column the configuration asks for (source, target, contrast, id, kept)."""
+    contrast = (cfg.contrast_column, cfg.contrast_source_column)
+    return list(read_shard(shard, cfg.source_column, cfg.target_column, contrast, cfg.id_column, cfg.keep_columns))
 
 
 class Attribute:
@@ -60,8 +59,7 @@ class Attribute:
         self.cfg = cfg
         self.model = inseq_ray.load_model(cfg.model, cfg.method, device=cfg.device, dtype=cfg.dtype)
         self.shard_batch: ShardBatch | None = None  # the shard being attributed (progress and sink)
-        on_gpu = self.model.device.type == "cuda"
-        self.max_batch_tokens = cfg.max_batch_tokens or (GPU_BATCH_TOKENS if on_gpu else CPU_BATCH_TOKENS)
+        self.max_batch_tokens = default_batch_tokens(cfg.max_batch_tokens, self.model.device.type == "cuda")
 
     def __call__(self, batch: ShardBatch) -> ShardBatch:
         errors = [r for r in batch.records if r.error_reason]

@@ -157,27 +157,17 @@ class PipelineConfig:
     def _check_method_args(self) -> None:
         """``method_args`` against the signatures of the method, the attributed function and the step scores
         (as ``attribute()`` routes them), before anything starts: a typo is one line listing the valid names."""
-        from inseq_ray.attribution_model import _split_kwargs
-        from inseq_ray.methods import get_method
-        from inseq_ray.step_scores import get_step_function
+        from inseq_ray.settings import check_method_args
 
-        scores = {n: get_step_function(n) for n in self.step_scores}
         try:
-            _split_kwargs(self.method, get_method(self.method), get_step_function(self.attributed_fn), scores,
-                          dict(self.method_args))  # fmt: skip
+            check_method_args(self.method, self.attributed_fn, self.step_scores, dict(self.method_args))
         except TypeError as e:
             raise ValueError(f"--method-args: {e}") from None
 
     def validate(self) -> None:
         if not self.input or not self.output:
             raise ValueError("Both input and output are required (a file/folder/glob URL and a run prefix URL).")
-        from inseq_ray.methods import get_method
-        from inseq_ray.step_scores import get_step_function
-
-        get_method(self.method)
-        for name in [self.attributed_fn, *self.step_scores]:
-            get_step_function(name)
-        self._check_method_args()
+        self._check_method_args()  # looks up the method and step function ids too
         if self.batch_size < 1 or self.shard_bytes < 1024:
             raise ValueError("batch_size must be >= 1 and shard_bytes >= 1024.")
         if not 0 <= self.max_error_rate <= 1:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 
-from inseq_ray.pipeline.blocks import BLOCKS
+from inseq_ray.pipeline.blocks import BLOCKS, read_records
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.data import ShardBatch, check_blocks
-from inseq_ray.pipeline.shards import Record, Shard, read_shard
+from inseq_ray.pipeline.shards import Record, Shard
 
 
 def _spread(items: list, k: int) -> list:
@@ -45,13 +45,12 @@ def estimate(cfg: PipelineConfig, sample_records: int = 2000, attribute_records:
 
     cfg.validate()
     shards, _, _ = preflight(cfg)
-    contrast = (cfg.contrast_column, cfg.contrast_source_column)
     total_bytes = sum(s.size for s in shards)
     sampled, records, sampled_bytes = [], [], 0
     for shard in (shards[i] for i in spread_order(len(shards))):
         if len(records) >= sample_records:
             break
-        part = list(read_shard(shard, cfg.source_column, cfg.target_column, contrast))
+        part = read_records(cfg, shard)  # every column a real run reads (contrast, id, kept columns)
         records += part
         sampled_bytes += shard.size
         sampled.append(shard)

@@ -106,20 +106,19 @@ def _check_columns(cfg: PipelineConfig, shard: Shard, sample: int = 50) -> list[
 
 
 def _check_contrast(cfg: PipelineConfig, shards: list[Shard]) -> None:
-    """Contrastive step functions and contrast columns come together, from a format with columns."""
-    from inseq_ray.step_scores import get_step_function, is_contrastive
+    """Contrastive step functions and contrast columns come together (the rule ``attribute()`` applies), from a
+    format with columns."""
+    from inseq_ray.settings import CLI_SPELLING, check_contrast_use, contrast_users
+    from inseq_ray.step_scores import get_step_function
 
-    users = [n for n in [cfg.attributed_fn, *cfg.step_scores] if is_contrastive(get_step_function(n))]
+    scores = {n: get_step_function(n) for n in cfg.step_scores}
+    users = contrast_users(get_step_function(cfg.attributed_fn), scores)
     columns = [c for c in (cfg.contrast_column, cfg.contrast_source_column) if c]
-    if users and not columns:
+    check_contrast_use(users, bool(columns), bool(columns), CLI_SPELLING)
+    if cfg.attributed_fn == "kl_divergence" and columns and not cfg.method_args.get("contrast_force_inputs"):
         raise ValueError(
-            f"{', '.join(users)} compare with a contrastive input: pass --contrast-column (the contrastive target) "
-            "and/or, for encoder-decoder models, --contrast-source-column."
-        )
-    if columns and not users:
-        raise ValueError(
-            f"--contrast-column/--contrast-source-column ({', '.join(columns)}) given, but no contrastive step "
-            "function uses them: add e.g. --step-scores contrast_prob_diff or --attributed-fn contrast_prob_diff."
+            "--attributed-fn kl_divergence compares the original and the contrast forward: add "
+            "--method-args '{\"contrast_force_inputs\": true}' (as in Inseq)."
         )
     if columns and any(s.fmt == "text" for s in shards):
         raise ValueError("input: plain-text files have no columns for contrastive inputs; use jsonl, csv or parquet.")
@@ -127,11 +126,9 @@ def _check_contrast(cfg: PipelineConfig, shards: list[Shard]) -> None:
 
 def check_model(model: str) -> None:
     """The model can be loaded here: a toy id, a local folder with a config, or a Hub id (cached when offline)."""
-    if model.startswith("toy:"):
-        from inseq_ray.toy import resolve_toy
+    from inseq_ray.models.loading import resolve_model_ref
 
-        resolve_toy(model)
-        return
+    model = str(resolve_model_ref(model))
     if os.path.isdir(model):
         if not os.path.exists(os.path.join(model, "config.json")):
             raise ValueError(f"model: {model} is a folder without config.json; point --model at a saved model.")

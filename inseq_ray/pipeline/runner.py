@@ -38,6 +38,7 @@ from inseq_ray.pipeline.shards import Shard
 from inseq_ray.pipeline.storage import Storage
 from inseq_ray.pipeline.verdict import RunFailed, early_stop
 from inseq_ray.redact import redact_text, redact_url
+from inseq_ray.settings import actor_resources
 
 
 class ShardWorker:
@@ -147,9 +148,7 @@ def run_ray(
     init_ray(cfg.verbose)
     counter = ray.remote(num_cpus=0)(ProgressCounter).remote() if on_records else None
     gpus = ray.cluster_resources().get("GPU", 0)
-    num_gpus = cfg.num_gpus_per_actor if cfg.num_gpus_per_actor is not None else (1.0 if gpus else 0.0)
-    actors = cfg.num_actors or (max(1, int(gpus // max(num_gpus, 1e-9))) if num_gpus else 2)
-    actors = max(1, min(actors, len(shards)))
+    actors, num_gpus = actor_resources(cfg.num_actors, cfg.num_gpus_per_actor, gpus, len(shards))
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = False

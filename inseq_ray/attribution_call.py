@@ -1,0 +1,138 @@
+"""One ``attribute()`` call: settings -> targets -> length-sorted batches (halved on out-of-memory) -> each batch
+through its method -> per-sequence outputs and ``info``. :class:`AttributionModel` keeps the model; this module
+keeps the call."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from inseq_ray.baselines import batch_baselines
+from inseq_ray.batching import fit, plan_batches, token_lengths
+from inseq_ray.engine import MethodContext, MethodResult
+from inseq_ray.errors import InputError
+from inseq_ray.models.encoding import EncodedBatch, check_texts
+from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenceOutput
+from inseq_ray.randomness import content_keys
+from inseq_ray.sequences import build_sequences, normalize_on_device, reduce_hidden_on_device
+from inseq_ray.settings import AttributeSettings, ModelFacts, resolve_settings
+from inseq_ray.step_inputs import with_step_inputs
+from inseq_ray.step_scores import step_function_name
+from inseq_ray.tokens import TokenWithId
+
+if TYPE_CHECKING:
+    from inseq_ray.attribution_model import AttributionModel
+
+
+def attribute_texts(am: AttributionModel, options: Mapping[str, Any], extra: dict) -> FeatureAttributionOutput:
+    """``attribute()`` with its arguments by name (``options``) and its extra keyword arguments (``extra``)."""
+    start = time.perf_counter()
+    texts = options["input_texts"]
+    inputs = [texts] if isinstance(texts, str) else list(texts)
+    check_texts(inputs, "input_texts")
+    facts = ModelFacts(am.is_encoder_decoder, am.device.type == "cuda", am.default_method)
+    settings = resolve_settings(facts, len(inputs), options, extra)
+    generation_args = dict(options["generation_args"] or {})
+    targets, target_ids = am._targets(inputs, options["generated_texts"], options["batch_size"], generation_args)
+    keys = _record_keys(options["record_keys"], inputs, targets)
+    lengths = token_lengths(am.tokenizer, am.is_encoder_decoder, inputs, targets, target_ids)
+    attr_pos = (options["attr_pos_start"], options["attr_pos_end"])
+    outputs: dict[int, FeatureAttributionSequenceOutput] = {}
+    fitted: dict[int, int] = {}  # input index -> size of the batch it was attributed in
+    progress = _progress(len(inputs), options["show_progress"])
+    batches = plan_batches(lengths, options["batch_size"] or len(inputs), settings.rows_per_batch(
+        options["max_batch_tokens"]))  # fmt: skip
+    for idx in batches:
+
+        def attribute(group: list[int]) -> list[FeatureAttributionSequenceOutput]:
+            ids = None if target_ids is None else [target_ids[i] for i in group]
+            batch = am._encode([inputs[i] for i in group], [targets[i] for i in group], attr_pos, ids)
+            return am._attribute_batch(batch, settings, group, [keys[i] for i in group])
+
+        for size, group, seqs in fit(idx, attribute):
+            outputs.update(zip(group, seqs, strict=True))
+            fitted.update(dict.fromkeys(group, size))
+            if options["batch_callback"] is not None:
+                options["batch_callback"](group, seqs)
+        progress.update(len(idx))
+    progress.close()
+    info = call_info(am, options, settings, (inputs, targets, generation_args), [fitted[i] for i in range(len(inputs))])
+    info["exec_time"] = time.perf_counter() - start
+    return FeatureAttributionOutput([outputs[i] for i in range(len(inputs))], info)
+
+
+def _record_keys(given, inputs: list[str], targets: list[str]) -> list[str]:
+    keys = list(given) if given is not None else content_keys(inputs, targets)
+    if len(keys) != len(inputs):
+        raise InputError(f"{len(inputs)} input_texts but {len(keys)} record_keys: give one key per input.")
+    return keys
+
+
+def attribute_batch(
+    am: AttributionModel, batch: EncodedBatch, settings: AttributeSettings, idx: list[int], keys: list[str]
+) -> list[FeatureAttributionSequenceOutput]:
+    """One encoded batch through the method and the step scores -> its sequences (input indices ``idx``)."""
+    batch = batch.to(am.device)
+    attributed = ("source", "target") if settings.attribute_target else ("source",)
+    tok = am.tokenizer
+    ctx = MethodContext.for_batch(
+        am.adapter, batch, attributed if am.is_encoder_decoder else ("target",), settings.fn, settings.fn_kw,
+        batch_baselines(tok, batch, settings.include_eos_baseline), vjp=settings.vjp, blocks=settings.step_blocks,
+        row_keys=keys, token_ids={"unk": tok.unk_token_id, "pad": tok.pad_token_id},
+    )  # fmt: skip
+    ctx, labels = with_step_inputs(ctx, tok, settings, idx, am.decoder_start())
+    result: MethodResult = settings.method.fn(ctx, **settings.method_call_kw)
+    scores = {name: ctx.step_values(f, settings.scores_kw.get(name, {})) for name, f in settings.score_fns.items()}
+    scores.update(result.step_scores)
+    if settings.aggregate_hidden_fn is not None and result.dims == ("hidden",):
+        result = reduce_hidden_on_device(result, settings.aggregate_hidden_fn)
+        if settings.normalize:
+            result = normalize_on_device(result, batch)
+    seqs = build_sequences(batch, result, scores, idx, ctx.plan.valid)
+    for seq, relabel in zip(seqs, labels or [], strict=False):
+        seq.target = [TokenWithId(relabel[p], t.id) if p in relabel else t for p, t in enumerate(seq.target)]
+    return seqs
+
+
+def call_info(am: AttributionModel, options: Mapping[str, Any], settings: AttributeSettings, texts, sizes) -> dict:
+    """The ``info`` of the output (Inseq's keys plus ours: batch sizes, device, dtype)."""
+    inputs, targets, generation_args = texts
+    return {
+        "model_name": am.model_name,
+        "model_class": type(am.model).__name__,
+        "tokenizer_name": am.tokenizer.name_or_path,
+        "tokenizer_class": type(am.tokenizer).__name__,
+        "attribution_method": settings.method_id,
+        "attributed_fn": step_function_name(options["attributed_fn"]),
+        "attribution_args": settings.method_kw,
+        "attributed_fn_args": settings.fn_kw,
+        "step_scores": list(options["step_scores"]),
+        "step_scores_args": settings.scores_kw,
+        "attribute_target": settings.attribute_target,
+        "include_eos_baseline": options["include_eos_baseline"],
+        "constrained_decoding": options["generated_texts"] is not None,
+        "generation_args": generation_args,
+        "input_texts": inputs,
+        "generated_texts": targets,
+        "attr_pos_start": options["attr_pos_start"],
+        "attr_pos_end": options["attr_pos_end"],
+        "batch_size": options["batch_size"],
+        "max_batch_tokens": options["max_batch_tokens"],
+        "batch_sizes": sizes,  # the batch size each input succeeded in
+        "device": str(am.device),
+        "dtype": str(am.adapter.dtype).removeprefix("torch."),
+    }
+
+
+class _NoProgress:
+    def update(self, n: int) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress(total: int, show: bool):
+    if not show:
+        return _NoProgress()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="Attributing", unit="seq")
