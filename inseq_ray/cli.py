@@ -210,10 +210,7 @@ def run_attribute(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers reads it when (lazily) imported
     try:
         return args.func(args)
     except (ValueError, TypeError, OSError) as e:  # user and environment errors: one clear line, no traceback
