@@ -7,8 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from inseq_ray.pipeline.cli import add_dataset_parser, add_flag
-from inseq_ray.pipeline.cli import json_object as _json
+from inseq_ray.pipeline.cli import add_dataset_parser, add_field_flag, add_flag
 from inseq_ray.redact import redact_text
 
 ATTRIBUTE_EPILOG = """examples:
@@ -23,50 +22,21 @@ toy:translator, toy:copier (trained on synthetic tasks, see inseq_ray.toy) need 
 """
 
 
+SHARED_FIELDS = ("method", "device", "dtype", "attributed_fn", "step_scores", "attribute_target", "method_args",
+                 "generation_args", "batch_size")  # fmt: skip
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """The flags ``attribute`` shares with ``attribute-dataset`` (same names, same Inseq aliases)."""
-    add_flag(p, "model", required=True, help="Hugging Face model id, local folder, or toy:<name>")
-    add_flag(p, "method", default="saliency", help="attribution method id (default: saliency)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument(
-        "--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="model precision (default: checkpoint's)"
-    )
-    add_flag(p, "attributed_fn", default="probability", help="step function to attribute")
-    add_flag(p, "step_scores", nargs="*", default=[], help="e.g. probability entropy")
-    add_flag(p, "attribute_target", action="store_true", help="also attribute the target prefix")
-    add_flag(
-        p,
-        "method_args",
-        type=_json,
-        default={},
-        help="JSON method arguments, e.g. '{\"n_steps\": 20}'",
-    )
-    add_flag(
-        p,
-        "generation_args",
-        type=_json,
-        default={},
-        help="JSON arguments for generate(), e.g. '{\"max_new_tokens\": 20}'",
-    )
-    add_flag(p, "batch_size", type=int, default=None, help="sentences per forward pass")
+    """The flags ``attribute`` shares with ``attribute-dataset``: generated from the same PipelineConfig fields
+    (names, Inseq aliases, types, choices, defaults and help written once, there)."""
+    add_field_flag(p, "model", required=True)
+    for name in SHARED_FIELDS:
+        add_field_flag(p, name)
     add_flag(p, "include_eos_baseline", action="store_true", help="UNK baselines at EOS too")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from inseq_ray import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="inseq-ray", description="Feature attribution for sequence generation models."
-    )
-    parser.add_argument("--version", action="version", version=f"inseq-ray {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser(
-        "attribute",
-        help="attribute one or a few texts and show/save the result",
-        epilog=ATTRIBUTE_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_model_args(p)
+def add_text_args(p: argparse.ArgumentParser) -> None:
+    """``attribute``'s own flags: the texts, the attributed span and where the result goes."""
     p.add_argument(
         "-i",
         "--input-texts",
@@ -111,6 +81,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--png", default=None, help="write PNG heatmaps here (one per sequence: x_0.png, x_1.png, ... when several)"
     )
     p.add_argument("--hide", action="store_true", help="do not print the heatmap")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from inseq_ray import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="inseq-ray", description="Feature attribution for sequence generation models."
+    )
+    parser.add_argument("--version", action="version", version=f"inseq-ray {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser(
+        "attribute",
+        help="attribute one or a few texts and show/save the result",
+        epilog=ATTRIBUTE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_args(p)
+    add_text_args(p)
     p.set_defaults(func=run_attribute)
     add_dataset_parser(sub)
     add_report_parser(sub)
@@ -174,7 +162,9 @@ def run_report(args: argparse.Namespace) -> int:
 
 def run_attribute(args: argparse.Namespace) -> int:
     import inseq_ray
+    from inseq_ray.settings import check_method_args
 
+    check_method_args(args.method, args.attributed_fn, args.step_scores, args.method_args)  # before loading
     model = inseq_ray.load_model(args.model, args.method, device=args.device, dtype=args.dtype)
     out = model.attribute(
         args.input_texts,
@@ -211,6 +201,10 @@ def run_attribute(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers reads it when (lazily) imported
+    if "transformers" in sys.modules:  # already imported (main() called in-process): switch it off there
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         return args.func(args)
     except (ValueError, TypeError, OSError) as e:  # user and environment errors: one clear line, no traceback

@@ -1,7 +1,10 @@
 """Every public exception of inseq_ray, and the reason codes of the pipeline's ``errors`` table.
 
-All user-facing errors are ``ValueError`` subclasses (bad input, unknown ids, unsupported models)
-except :class:`NonFiniteAttributionError` (an arithmetic failure of the model itself).
+All user-facing errors are ``ValueError`` subclasses (bad input, unknown ids, unsupported models, a store
+or run prefix that cannot be used) except :class:`NonFiniteAttributionError` (an arithmetic failure of the
+model itself), the pipeline's run outcomes (:class:`RunFailed`, :class:`PipelineError`, :class:`ShardError`:
+``RuntimeError``) and :class:`RunInterrupted` (a ``KeyboardInterrupt``). The CLI turns ``ValueError`` into
+exit 2 and ``RuntimeError`` into exit 1, each one line.
 """
 
 from __future__ import annotations
@@ -59,13 +62,43 @@ class NonFiniteAttributionError(ArithmeticError):
     """Attributions of an input contain inf/NaN (e.g. fp16 overflow); names the input."""
 
 
+class StorageError(ValueError):
+    """A write or read under the run prefix failed; the message names the URL and what to do."""
+
+
+class RunConflictError(ValueError):
+    """The output prefix holds a run of another configuration or another input; the message says what differs."""
+
+
+class RunFailed(RuntimeError):
+    """The run ended (or was stopped) without the success it was asked for; the message says why."""
+
+
+class PipelineError(RuntimeError):
+    """A failure inside the actors, reduced to its cause's one line (the full log is named)."""
+
+
+class ShardError(RuntimeError):
+    """A shard failed with a message that named a signed URL: the same message, redacted."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says how far it got and that a rerun resumes."""
+
+
 __all__ = [
     "AttributionFileError",
     "InputChangedError",
     "InputError",
     "ModelConformanceError",
     "NonFiniteAttributionError",
+    "PipelineError",
     "Reason",
+    "RunConflictError",
+    "RunFailed",
+    "RunInterrupted",
+    "ShardError",
+    "StorageError",
     "UnknownIdError",
     "UnsafeKeyError",
 ]

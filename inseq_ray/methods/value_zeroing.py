@@ -45,6 +45,48 @@ def value_zeroing(
     ``output_decoder_self_scores=True`` on an encoder-decoder without ``attribute_target=True`` (with it, the
     decoder self-attention scores are the target attributions); ``False`` is accepted for both.
     """
+    _check(ctx, similarity_metric, encoder_zeroed_units_indices, output_decoder_self_scores, output_encoder_self_scores)
+    adapter = ctx.adapter
+    blocks = decoder_blocks(adapter)
+    time_first = adapter.activation_batch_axis((type(blocks[0]),)) == 1
+    rows = (ctx.plan.positions - 1).clamp(min=0)  # (B, T) rows predicting each step
+    with torch.no_grad():
+        with patched_blocks(blocks[:-1], None, time_first) as clean:  # recorded only
+            final = adapter.last_hidden_states(ctx.forward_inputs({}, 1))  # (B, L, H')
+        clean_rows = [gather_rows(h, rows).double() for h in [*clean, final]]  # n_layers x (B, T, H)
+        out = {}
+        for name in ctx.attributed:
+            kind, selection = (
+                ("cross", cross_zeroed_units_indices) if name == "source" else ("self", decoder_zeroed_units_indices)
+            )
+            sites = value_sites(adapter, blocks, kind)
+            zeroing = (blocks, clean, sites, _heads(selection, sites), rows, time_first)
+            scores = _side_scores(ctx, name, zeroing, clean_rows, similarity_metric, patterns_per_forward)
+            out[name] = _normalized(scores, ctx.plan.valid, min_score_threshold)
+    return MethodResult(out, dims=("layers",))
+
+
+def _side_scores(ctx, name: str, zeroing: tuple, clean_rows: list, metric: str, per_forward: int) -> torch.Tensor:
+    """(T, B, L, n_layers) distances of side ``name``: each token's values zeroed in turn, ``per_forward`` tokens
+    per forward (``zeroing``: the arguments of :func:`_corrupted_rows` after ``ctx``, less the positions)."""
+    blocks, clean, sites, heads, rows, time_first = zeroing
+    length = ctx.embeds[name].shape[1]
+    device = clean_rows[-1].device
+    scores = torch.zeros((ctx.n_steps, ctx.batch.size, length, len(blocks)), device=device)
+    for start in range(0, length, per_forward):
+        positions = torch.arange(start, min(length, start + per_forward), device=device)
+        corrupted = _corrupted_rows(ctx, blocks, clean, sites, heads, positions, rows, time_first)
+        d = torch.stack(
+            [_distance(c[None], k, metric) for c, k in zip(clean_rows, corrupted, strict=True)], -1
+        )  # (R, B, T, n_layers)
+        scores[:, :, positions] = d.permute(2, 1, 0, 3).float()
+    return scores
+
+
+def _check(
+    ctx, similarity_metric, encoder_zeroed_units_indices, output_decoder_self_scores, output_encoder_self_scores
+):
+    """The arguments value zeroing refuses, each with its fix."""
     if similarity_metric not in SIMILARITY_METRICS:
         raise ValueError(f"similarity_metric={similarity_metric!r}: valid are {', '.join(SIMILARITY_METRICS)}.")
     if encoder_zeroed_units_indices is not None or output_encoder_self_scores:
@@ -59,33 +101,6 @@ def value_zeroing(
         )
     if ctx.site is not None:
         raise ValueError("value_zeroing scores every layer itself: it takes no target_layer.")
-    adapter = ctx.adapter
-    blocks = decoder_blocks(adapter)
-    time_first = adapter.activation_batch_axis((type(blocks[0]),)) == 1
-    rows = (ctx.plan.positions - 1).clamp(min=0)  # (B, T) rows predicting each step
-    with torch.no_grad():
-        with patched_blocks(blocks[:-1], None, time_first) as clean:  # recorded only
-            final = adapter.last_hidden_states(ctx.forward_inputs({}, 1))  # (B, L, H')
-        clean_rows = [gather_rows(h, rows).double() for h in [*clean, final]]  # n_layers x (B, T, H)
-        out = {}
-        for name in ctx.attributed:
-            source = name == "source"
-            kind, selection = (
-                ("cross", cross_zeroed_units_indices) if source else ("self", decoder_zeroed_units_indices)
-            )
-            sites = value_sites(adapter, blocks, kind)
-            heads = _heads(selection, sites)
-            length = ctx.embeds[name].shape[1]
-            scores = torch.zeros((ctx.n_steps, ctx.batch.size, length, len(blocks)), device=final.device)
-            for start in range(0, length, patterns_per_forward):
-                positions = torch.arange(start, min(length, start + patterns_per_forward), device=final.device)
-                corrupted = _corrupted_rows(ctx, blocks, clean, sites, heads, positions, rows, time_first)
-                d = torch.stack(
-                    [_distance(c[None], k, similarity_metric) for c, k in zip(clean_rows, corrupted, strict=True)], -1
-                )  # (R, B, T, n_layers)
-                scores[:, :, positions] = d.permute(2, 1, 0, 3).float()
-            out[name] = _normalized(scores, ctx.plan.valid, min_score_threshold)
-    return MethodResult(out, dims=("layers",))
 
 
 def _corrupted_rows(ctx, blocks, clean, sites, heads, positions, rows, time_first) -> list[torch.Tensor]:

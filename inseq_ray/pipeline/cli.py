@@ -47,28 +47,46 @@ def add_flag(p: argparse.ArgumentParser, name: str, **kw) -> None:
 
 
 def config_flags() -> list[tuple[tuple[str, ...], str, dict]]:
-    """(option strings, config field, argparse kwargs) for every PipelineConfig field, from its type and help."""
-    out = []
-    for f in dataclasses.fields(PipelineConfig):
-        if f.name in NOT_FLAGS:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        shown = f.metadata.get("show_default") or (json.dumps(default) if isinstance(default, list | dict) else default)
-        text = f.metadata["help"]
-        kw: dict = {"default": None, "help": text if "default:" in text else f"{text} (default: {shown})"}
-        kind = str(f.type).replace(" | None", "")
-        if kind == "bool":
-            kw["action"] = argparse.BooleanOptionalAction
-        elif kind.startswith("list"):
-            kw["nargs"] = "*"
-        elif kind.startswith("dict"):
-            kw["type"] = json_object
-        elif kind in ("int", "float"):
-            kw["type"] = {"int": int, "float": float}[kind]
-        if f.metadata.get("choices"):
-            kw["choices"] = f.metadata["choices"]
-        out.append((flag_names(f.name), f.name, kw))
-    return out
+    """(option strings, config field, argparse kwargs) for every PipelineConfig field, from its type and help
+    (default None: a flag not given leaves the YAML's or the config's value)."""
+    return [(flag_names(f.name), f.name, field_kwargs(f, None)) for f in dataclasses.fields(PipelineConfig)
+            if f.name not in NOT_FLAGS]  # fmt: skip
+
+
+def add_field_flag(p: argparse.ArgumentParser, name: str, required: bool = False) -> None:
+    """The flag of config field ``name`` with the field's own default, type and help (the ``attribute``
+    subcommand's shared flags: one declaration, in :class:`PipelineConfig`, for both subcommands)."""
+    f = next(f for f in dataclasses.fields(PipelineConfig) if f.name == name)
+    kw = field_kwargs(f, None if required else _default(f))
+    if required:
+        kw["help"] = f.metadata["help"]
+    add_flag(p, name, required=required, **kw) if required else add_flag(p, name, **kw)
+
+
+def _default(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def field_kwargs(f: dataclasses.Field, default) -> dict:
+    """argparse kwargs of config field ``f``: its type, choices and help (which states the field's default)."""
+    field_default = _default(f)
+    shown = f.metadata.get("show_default") or (
+        json.dumps(field_default) if isinstance(field_default, list | dict) else field_default
+    )
+    text = f.metadata["help"]
+    kw: dict = {"default": default, "help": text if "default:" in text else f"{text} (default: {shown})"}
+    kind = str(f.type).replace(" | None", "")
+    if kind == "bool":
+        kw["action"] = argparse.BooleanOptionalAction
+    elif kind.startswith("list"):
+        kw["nargs"] = "*"
+    elif kind.startswith("dict"):
+        kw["type"] = json_object
+    elif kind in ("int", "float"):
+        kw["type"] = {"int": int, "float": float}[kind]
+    if f.metadata.get("choices"):
+        kw["choices"] = f.metadata["choices"]
+    return kw
 
 
 def json_object(value: str) -> dict:
@@ -131,9 +149,10 @@ def add_dataset_parser(sub) -> None:
 
 
 def run_dataset(args: argparse.Namespace) -> int:
+    from inseq_ray.errors import RunFailed
     from inseq_ray.pipeline.report import print_report, print_summary
     from inseq_ray.pipeline.runner import run
-    from inseq_ray.pipeline.verdict import RunFailed, final_verdict
+    from inseq_ray.pipeline.verdict import final_verdict
 
     cfg = config_from_args(args)
     if args.dry_run:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import uuid
 
-from inseq_ray.errors import Reason
+from inseq_ray.errors import Reason, StorageError
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.shards import InputFiles, Record, Shard, input_identity, list_inputs, plan_shards, read_shard
-from inseq_ray.pipeline.storage import Storage, StorageError
+from inseq_ray.pipeline.storage import Storage
 from inseq_ray.redact import redact_text, redact_url
 
 UNPARSED = (Reason.BAD_INPUT, Reason.BAD_JSON, Reason.INVALID_UTF8, Reason.EMPTY)

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
+from inseq_ray.errors import PipelineError, RunConflictError, RunFailed, RunInterrupted, ShardError
 from inseq_ray.pipeline.blocks import BLOCKS, worker_identity
 from inseq_ray.pipeline.claims import claim_shard, orphaned, release_shard
 from inseq_ray.pipeline.config import PipelineConfig
@@ -36,7 +37,7 @@ from inseq_ray.pipeline.progress import ProgressCounter, RecordProgress, poll_co
 from inseq_ray.pipeline.quiet import mute_ray_error_stream
 from inseq_ray.pipeline.shards import Shard
 from inseq_ray.pipeline.storage import Storage
-from inseq_ray.pipeline.verdict import RunFailed, early_stop
+from inseq_ray.pipeline.verdict import early_stop
 from inseq_ray.redact import redact_text, redact_url
 from inseq_ray.settings import actor_resources
 
@@ -187,14 +188,6 @@ def bound_worker(cfg: dict, blocks: tuple, counter=None, driver: str = "") -> ty
     return BoundShardWorker
 
 
-class ShardError(RuntimeError):
-    """A shard failed with a message that named a signed URL: the same message, redacted."""
-
-
-class PipelineError(RuntimeError):
-    """A failure inside the actors, reduced to its cause's one line (the full log is named)."""
-
-
 RAY_WRAPPERS = (
     "UserCodeException",
     "RayTaskError",
@@ -256,14 +249,6 @@ def init_ray(verbose: bool = False) -> None:
         ray.init(**kwargs)
     else:
         ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, **kwargs)
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a run; the message says how far it got and that a rerun resumes."""
-
-
-class RunConflictError(ValueError):
-    """The output prefix holds a run of another configuration or another input; the message says what differs."""
 
 
 RUN_LAYOUT = ("manifest.json", "_run.json", "_shards", "_failed", "_claims", "tables", "sequences", "_tmp")

@@ -64,10 +64,6 @@ def summarize(
     now = time.time() if now is None else now
     planned = list(run.get("shards") or [])
     committed = {m["shard_id"] for m in markers}
-    reasons: dict[str, int] = {}
-    for m in markers:
-        for reason, n in (m.get("errors_by_reason") or {}).items():
-            reasons[reason] = reasons.get(reason, 0) + n
     live = [d for d in leases if now - float(d.get("heartbeat", 0)) < TTL_S]
     rate = _rates(markers, now)
     total_bytes = sum(int(f.get("size") or 0) for f in (run.get("inputs") or {}).values())
@@ -84,12 +80,7 @@ def summarize(
         "method": config.get("method"),
         "fingerprint": run.get("fingerprint"),
         "shards": {"committed": len(committed & set(planned)) if planned else len(committed), "planned": len(planned)},
-        "records": {
-            "total": sum(int(m.get("records", 0)) for m in markers),
-            "ok": sum(int(m.get("ok", 0)) for m in markers),
-            "errors": sum(int(m.get("errors", 0)) for m in markers),
-            "errors_by_reason": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
-        },
+        "records": _records(markers),
         "input_bytes": {"done": done_bytes, "total": total_bytes},
         **rate,
         "eta": eta,
@@ -103,6 +94,20 @@ def summarize(
         ),
         "drivers_alive": [{k: d.get(k) for k in ("host", "pid", "heartbeat")} for d in live],
         "per_node": _per_node(markers),
+    }
+
+
+def _records(markers: list[dict]) -> dict[str, Any]:
+    """Records total / ok / errors, and errors by reason (most frequent first), over the committed shards."""
+    reasons: dict[str, int] = {}
+    for m in markers:
+        for reason, n in (m.get("errors_by_reason") or {}).items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    return {
+        "total": sum(int(m.get("records", 0)) for m in markers),
+        "ok": sum(int(m.get("ok", 0)) for m in markers),
+        "errors": sum(int(m.get("errors", 0)) for m in markers),
+        "errors_by_reason": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
     }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import fsspec
 
-from inseq_ray.errors import UnsafeKeyError
+from inseq_ray.errors import StorageError, UnsafeKeyError
 from inseq_ray.redact import redact_url
 
 SAFE_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
@@ -46,10 +46,6 @@ def storage_options(url: str, attempts: int = STORAGE_ATTEMPTS) -> dict:
     if not url.startswith(("s3://", "s3a://")):
         return {}
     return {"config_kwargs": {"retries": {"max_attempts": attempts, "mode": "standard"}, **TIMEOUTS}}
-
-
-class StorageError(ValueError):
-    """A write or read under the run prefix failed; the message names the URL and what to do."""
 
 
 def refuse_credentials(url: str, what: str) -> None:

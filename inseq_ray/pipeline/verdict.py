@@ -13,10 +13,6 @@ from __future__ import annotations
 EARLY_RECORDS = 32  # records that must all fail for one reason before a run is stopped early
 
 
-class RunFailed(RuntimeError):
-    """The run ended (or was stopped) without the success it was asked for; the message says why."""
-
-
 def _reasons(summaries: list[dict]) -> tuple[dict[str, int], dict[str, str]]:
     counts: dict[str, int] = {}
     examples: dict[str, str] = {}
