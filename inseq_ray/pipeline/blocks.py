@@ -22,7 +22,6 @@ from inseq_ray.serialization import to_bytes
 from inseq_ray.settings import default_batch_tokens
 
 WRITE_BACKLOG_SLOTS = 8  # attributed batches queued for the writer before attribution waits for storage
-MAX_INPUT_CHARS = 1000  # error rows keep at most this much of the offending input
 
 
 class ReadShard:
@@ -250,15 +249,14 @@ class CommitShard:
         cfg, shard_id = self.cfg, batch.shard.shard_id
         aggregated = [(r.seq_id, self._aggregate(seq)) for r, seq in batch.results]
         per_seq_seconds = batch.attribute_seconds / max(1, len(batch.results))
-        records = [r for r, _ in batch.results]
+        run = tables.RunFacts(cfg.model, cfg.method, cfg.attributed_fn, per_seq_seconds)
+        rows = [tables.RowOf(r, seq, run) for (r, _), (_, seq) in zip(batch.results, aggregated, strict=True)]
         built = {
-            "sequences": tables.columns_table(
-                self._sequence_columns(records, [s for _, s in aggregated], per_seq_seconds), tables.SEQUENCES
-            ),
+            "sequences": tables.declared_table(tables.SEQUENCE_COLUMNS, rows),
             "source_attributions": tables.attribution_table(aggregated, "source"),
             "target_attributions": tables.attribution_table(aggregated, "target"),
             "step_scores": tables.step_scores_table(aggregated, cfg.step_scores),
-            "errors": tables.rows_table([self._error_row(r) for r in batch.errors], tables.ERRORS),
+            "errors": tables.declared_table(tables.ERROR_COLUMNS, [tables.RowOf(r, None, run) for r in batch.errors]),
         }
         sizes = {}
         start = time.perf_counter()
@@ -300,53 +298,6 @@ class CommitShard:
             return seq
         fn = self.cfg.aggregate_fn if seq.attribution_dims == ("hidden",) else None
         return seq.aggregate(fn, normalize=self.cfg.normalize)
-
-    def _sequence_columns(
-        self, records: list[Record], seqs: list[FeatureAttributionSequenceOutput], seconds: float
-    ) -> dict[str, list]:
-        """The ``sequences`` table's columns (one entry per attributed record)."""
-        cfg, n = self.cfg, len(records)
-        return {
-            "seq_id": [r.seq_id for r in records],
-            "shard": [r.shard for r in records],
-            "source_file": [r.source_file for r in records],
-            "position": [r.position for r in records],
-            "source_text": [r.source for r in records],
-            "target_text": [r.generated_text for r in records],
-            "source_tokens": [[t.token for t in s.source] for s in seqs],
-            "target_tokens": [[t.token for t in s.target] for s in seqs],
-            "source_token_ids": [[t.id for t in s.source] for s in seqs],
-            "target_token_ids": [[t.id for t in s.target] for s in seqs],
-            "attr_pos_start": [s.attr_pos_start for s in seqs],
-            "attr_pos_end": [s.attr_pos_end for s in seqs],
-            "n_steps": [s.n_steps for s in seqs],
-            "model": [cfg.model] * n,
-            "method": [cfg.method] * n,
-            "attributed_fn": [cfg.attributed_fn] * n,
-            "generated": [r.generated for r in records],
-            "object_uri": [r.object_uri for r in records],
-            "object_bytes": [r.object_bytes for r in records],
-            "attribute_seconds": [seconds] * n,
-            "batch_size": [r.batch_size for r in records],
-            "contrast_text": [r.contrast_target for r in records],
-            "contrast_source_text": [r.contrast_source for r in records],
-            "record_id": [r.record_id for r in records],
-            "record_columns": [r.record_columns for r in records],
-        }
-
-    @staticmethod
-    def _error_row(r: Record) -> dict:
-        return {
-            "seq_id": r.seq_id,
-            "shard": r.shard,
-            "source_file": r.source_file,
-            "position": r.position,
-            "input": r.source[:MAX_INPUT_CHARS],
-            "reason": r.error_reason,
-            "message": r.error_message,
-            "record_id": r.record_id,
-            "record_columns": r.record_columns,
-        }
 
 
 def worker_identity() -> tuple[str, str]:

@@ -10,41 +10,92 @@ Column meanings are documented in docs/tables.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
 import numpy as np
 import pyarrow as pa
 
 from inseq_ray.output import FeatureAttributionSequenceOutput
-from inseq_ray.pipeline.shards import escape_unencodable
+from inseq_ray.pipeline.shards import Record, escape_unencodable
 
-SEQUENCES = pa.schema(
-    [
-        ("seq_id", pa.string()),
-        ("shard", pa.string()),
-        ("source_file", pa.string()),
-        ("position", pa.int64()),
-        ("source_text", pa.string()),
-        ("target_text", pa.string()),
-        ("source_tokens", pa.list_(pa.string())),
-        ("target_tokens", pa.list_(pa.string())),
-        ("source_token_ids", pa.list_(pa.int32())),
-        ("target_token_ids", pa.list_(pa.int32())),
-        ("attr_pos_start", pa.int32()),
-        ("attr_pos_end", pa.int32()),
-        ("n_steps", pa.int32()),
-        ("model", pa.string()),
-        ("method", pa.string()),
-        ("attributed_fn", pa.string()),
-        ("generated", pa.bool_()),
-        ("object_uri", pa.string()),
-        ("object_bytes", pa.int64()),
-        ("attribute_seconds", pa.float32()),
-        ("batch_size", pa.int32()),
-        ("contrast_text", pa.string()),
-        ("contrast_source_text", pa.string()),
-        ("record_id", pa.string()),
-        ("record_columns", pa.string()),
-    ]
+MAX_INPUT_CHARS = 1000  # error rows keep at most this much of the offending input
+
+
+class RowOf(NamedTuple):
+    """What one row of ``sequences`` or ``errors`` is computed from."""
+
+    record: Record
+    seq: FeatureAttributionSequenceOutput | None  # None for an error row
+    run: RunFacts
+
+
+class RunFacts(NamedTuple):
+    """Per-shard facts shared by the rows: the run's settings and the shard's seconds per sequence."""
+
+    model: str
+    method: str
+    attributed_fn: str
+    seconds_per_sequence: float = 0.0
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column, declared once: its name, its Arrow type and how a row's value is computed (the schema
+    and the extraction both come from these declarations; docs/tables.md documents each name, a test checks)."""
+
+    name: str
+    type: pa.DataType
+    value: Callable[[RowOf], Any]
+
+
+def _tokens(side: str, part: str) -> Callable[[RowOf], list]:
+    return lambda r: [getattr(t, part) for t in getattr(r.seq, side)]
+
+
+SEQUENCE_COLUMNS = (
+    Column("seq_id", pa.string(), lambda r: r.record.seq_id),
+    Column("shard", pa.string(), lambda r: r.record.shard),
+    Column("source_file", pa.string(), lambda r: r.record.source_file),
+    Column("position", pa.int64(), lambda r: r.record.position),
+    Column("source_text", pa.string(), lambda r: r.record.source),
+    Column("target_text", pa.string(), lambda r: r.record.generated_text),
+    Column("source_tokens", pa.list_(pa.string()), _tokens("source", "token")),
+    Column("target_tokens", pa.list_(pa.string()), _tokens("target", "token")),
+    Column("source_token_ids", pa.list_(pa.int32()), _tokens("source", "id")),
+    Column("target_token_ids", pa.list_(pa.int32()), _tokens("target", "id")),
+    Column("attr_pos_start", pa.int32(), lambda r: r.seq.attr_pos_start),
+    Column("attr_pos_end", pa.int32(), lambda r: r.seq.attr_pos_end),
+    Column("n_steps", pa.int32(), lambda r: r.seq.n_steps),
+    Column("model", pa.string(), lambda r: r.run.model),
+    Column("method", pa.string(), lambda r: r.run.method),
+    Column("attributed_fn", pa.string(), lambda r: r.run.attributed_fn),
+    Column("generated", pa.bool_(), lambda r: r.record.generated),
+    Column("object_uri", pa.string(), lambda r: r.record.object_uri),
+    Column("object_bytes", pa.int64(), lambda r: r.record.object_bytes),
+    Column("attribute_seconds", pa.float32(), lambda r: r.run.seconds_per_sequence),
+    Column("batch_size", pa.int32(), lambda r: r.record.batch_size),
+    Column("contrast_text", pa.string(), lambda r: r.record.contrast_target),
+    Column("contrast_source_text", pa.string(), lambda r: r.record.contrast_source),
+    Column("record_id", pa.string(), lambda r: r.record.record_id),
+    Column("record_columns", pa.string(), lambda r: r.record.record_columns),
 )
+ERROR_COLUMNS = (
+    *SEQUENCE_COLUMNS[:4],  # seq_id, shard, source_file, position
+    Column("input", pa.string(), lambda r: r.record.source[:MAX_INPUT_CHARS]),
+    Column("reason", pa.string(), lambda r: r.record.error_reason),
+    Column("message", pa.string(), lambda r: r.record.error_message),
+    *SEQUENCE_COLUMNS[-2:],  # record_id, record_columns
+)
+
+
+def schema_of(columns: tuple[Column, ...]) -> pa.Schema:
+    return pa.schema([(c.name, c.type) for c in columns])
+
+
+SEQUENCES = schema_of(SEQUENCE_COLUMNS)
+ERRORS = schema_of(ERROR_COLUMNS)
 ATTRIBUTIONS = pa.schema(
     [
         ("seq_id", pa.string()),
@@ -56,19 +107,13 @@ ATTRIBUTIONS = pa.schema(
         ("score", pa.float32()),
     ]
 )
-ERRORS = pa.schema(
-    [
-        ("seq_id", pa.string()),
-        ("shard", pa.string()),
-        ("source_file", pa.string()),
-        ("position", pa.int64()),
-        ("input", pa.string()),
-        ("reason", pa.string()),
-        ("message", pa.string()),
-        ("record_id", pa.string()),
-        ("record_columns", pa.string()),
-    ]
-)
+
+
+def declared_table(columns: tuple[Column, ...], rows: list[RowOf]) -> pa.Table:
+    """Rows -> the table of ``columns`` (values computed by each column's declaration)."""
+    return columns_table({c.name: [c.value(r) for r in rows] for c in columns}, schema_of(columns))
+
+
 STEP_SCORES_BASE = [
     ("seq_id", pa.string()),
     ("step", pa.int32()),
@@ -140,11 +185,6 @@ def step_scores_table(seqs: list[tuple[str, FeatureAttributionSequenceOutput]], 
     for name in names:
         cols[name] = np.concatenate([seq.step_scores[name].numpy() for _, seq in seqs]).astype(np.float32)
     return pa.Table.from_pydict(cols, schema=schema)
-
-
-def rows_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
-    """Rows -> table (see :func:`columns_table`)."""
-    return columns_table({f.name: [row[f.name] for row in rows] for f in schema}, schema)
 
 
 def columns_table(columns: dict[str, list], schema: pa.Schema) -> pa.Table:
