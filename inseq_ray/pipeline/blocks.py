@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from typing import Any
 
 from inseq_ray.errors import InputError, NonFiniteAttributionError, Reason
 from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenceOutput
@@ -79,7 +80,7 @@ class Attribute:
     def _attribute(self, records: list[Record]) -> list[FeatureAttributionSequenceOutput]:
         cfg = self.cfg
         targets = None if records[0].target is None else [r.target for r in records]
-        contrast = {}
+        contrast: dict[str, Any] = {}
         if cfg.contrast_column:
             contrast["contrast_targets"] = [r.contrast_target for r in records]
         if cfg.contrast_source_column:

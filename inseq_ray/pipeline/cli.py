@@ -64,7 +64,7 @@ def add_field_flag(p: argparse.ArgumentParser, name: str, required: bool = False
 
 
 def _default(f: dataclasses.Field):
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
 
 
 def field_kwargs(f: dataclasses.Field, default) -> dict:

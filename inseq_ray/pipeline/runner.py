@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from inseq_ray.errors import PipelineError, RunConflictError, RunFailed, RunInterrupted, ShardError
 from inseq_ray.pipeline.blocks import BLOCKS, worker_identity
@@ -103,6 +104,7 @@ class ShardWorker:
                 block.begin(batch)
         for block in self.blocks:
             batch = block(batch)
+        assert batch.summary is not None, "the last block makes the shard's summary"
         return batch.summary.to_dict()
 
     def __call__(self, batch: dict) -> dict:
@@ -153,7 +155,7 @@ def run_ray(
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = False
-    ds = ray.data.from_items([s.to_dict() for s in shards], override_num_blocks=len(shards))
+    ds: Any = ray.data.from_items([s.to_dict() for s in shards], override_num_blocks=len(shards))
     ds = ds.map_batches(
         bound_worker(cfg.to_dict(), tuple(blocks), counter, driver),  # no constructor arguments for Ray Data to park
         batch_size=1,
@@ -204,9 +206,10 @@ def one_line(e: BaseException) -> str:
     Ray's wrappers is the user's error.
     """
     chain: list[BaseException] = []
-    while e is not None and e not in chain:
-        chain.append(e)
-        e = getattr(e, "cause", None) or e.__cause__
+    cur: BaseException | None = e
+    while cur is not None and cur not in chain:
+        chain.append(cur)
+        cur = getattr(cur, "cause", None) or cur.__cause__
     pattern = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception|Interrupt|Exit)): (.*)$")
     for exc in chain:
         for line in str(exc).splitlines():
@@ -222,7 +225,8 @@ def _ray_log_dir() -> str:
     try:
         import ray
 
-        return os.path.join(ray._private.worker._global_node.get_session_dir_path(), "logs")
+        node: Any = ray._private.worker._global_node
+        return os.path.join(node.get_session_dir_path(), "logs")
     except Exception:
         return "/tmp/ray/session_latest/logs"
 
@@ -244,7 +248,7 @@ def init_ray(verbose: bool = False) -> None:
         filter_stderr()
     for name in ("ray", "ray.data", "ray.air"):
         logging.getLogger(name).setLevel(level)
-    kwargs = {"logging_level": level, "log_to_driver": verbose}
+    kwargs: dict[str, Any] = {"logging_level": level, "log_to_driver": verbose}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**kwargs)
     else:

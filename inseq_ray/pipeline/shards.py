@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import fsspec
@@ -323,7 +323,7 @@ def read_shard(
     target_column: str | None = "target",
     contrast_columns: Contrast = (None, None),
     id_column: str | None = None,
-    keep_columns: tuple[str, ...] = (),
+    keep_columns: Sequence[str] = (),
 ) -> Iterator[Record]:
     """Records of one shard; unreadable records come back with ``error_reason`` set, never raised.
     ``contrast_columns``: (contrast target column, contrast source column), each required when named;

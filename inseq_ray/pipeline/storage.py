@@ -13,6 +13,7 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import fsspec
@@ -108,7 +109,7 @@ class Storage:
             self._made.add(folder)
         return folder
 
-    def write_many(self, items: list[tuple[tuple[str, ...], bytes]]) -> list[str]:
+    def write_many(self, items: Sequence[tuple[tuple[str, ...], bytes]]) -> list[str]:
         """Write several objects; on object stores concurrently (fsspec's async batch), in chunks of at most
         :data:`WRITE_CHUNK_BYTES`. Returns their URLs in order."""
         if self.is_local:

@@ -50,8 +50,13 @@ class Column:
     value: Callable[[RowOf], Any]
 
 
+def _seq(r: RowOf) -> FeatureAttributionSequenceOutput:
+    assert r.seq is not None, "sequence columns are computed for attributed records only"
+    return r.seq
+
+
 def _tokens(side: str, part: str) -> Callable[[RowOf], list]:
-    return lambda r: [getattr(t, part) for t in getattr(r.seq, side)]
+    return lambda r: [getattr(t, part) for t in getattr(_seq(r), side)]
 
 
 SEQUENCE_COLUMNS = (
@@ -65,9 +70,9 @@ SEQUENCE_COLUMNS = (
     Column("target_tokens", pa.list_(pa.string()), _tokens("target", "token")),
     Column("source_token_ids", pa.list_(pa.int32()), _tokens("source", "id")),
     Column("target_token_ids", pa.list_(pa.int32()), _tokens("target", "id")),
-    Column("attr_pos_start", pa.int32(), lambda r: r.seq.attr_pos_start),
-    Column("attr_pos_end", pa.int32(), lambda r: r.seq.attr_pos_end),
-    Column("n_steps", pa.int32(), lambda r: r.seq.n_steps),
+    Column("attr_pos_start", pa.int32(), lambda r: _seq(r).attr_pos_start),
+    Column("attr_pos_end", pa.int32(), lambda r: _seq(r).attr_pos_end),
+    Column("n_steps", pa.int32(), lambda r: _seq(r).n_steps),
     Column("model", pa.string(), lambda r: r.run.model),
     Column("method", pa.string(), lambda r: r.run.method),
     Column("attributed_fn", pa.string(), lambda r: r.run.attributed_fn),
