@@ -24,7 +24,6 @@ from inseq_ray.step_scores import (
 )
 
 DEFAULT_METHOD = "saliency"
-DEFAULT_ATTRIBUTED_FN = "probability"
 CPU_STEP_BLOCKS = 4  # measured: GPT-2-small saliency 2.50 -> 3.23 sent/s, IG 0.13 -> 0.19 sent/s on 2 cores
 GPU_BATCH_TOKENS = 1 << 20  # padded tokens x method copies per forward: ~1M fits a 7B-class model on 80 GB
 CPU_BATCH_TOKENS = 1 << 15  # on CPU, bigger forwards only add memory traffic (measured: step_blocks notes)
