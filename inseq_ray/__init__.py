@@ -19,6 +19,8 @@ _EXPORTS = {
     "Reason": "inseq_ray.errors",
     "UnknownIdError": "inseq_ray.errors",
     "list_feature_attribution_methods": "inseq_ray.methods",
+    "ModelConfig": "inseq_ray.models.families",
+    "register_model_config": "inseq_ray.models.families",
     "register_attribution_method": "inseq_ray.methods",
     "FeatureAttributionOutput": "inseq_ray.output",
     "FeatureAttributionSequenceOutput": "inseq_ray.output",
@@ -41,6 +43,7 @@ if TYPE_CHECKING:  # the names as a type checker (and an IDE) sees them
         UnknownIdError,
     )
     from inseq_ray.methods import list_feature_attribution_methods, register_attribution_method
+    from inseq_ray.models.families import ModelConfig, register_model_config
     from inseq_ray.output import (
         FeatureAttributionOutput,
         FeatureAttributionSequenceOutput,
@@ -71,6 +74,7 @@ __all__ = [
     "FeatureAttributionOutput",
     "FeatureAttributionSequenceOutput",
     "InputError",
+    "ModelConfig",
     "ModelConformanceError",
     "NonFiniteAttributionError",
     "Reason",
@@ -84,5 +88,6 @@ __all__ = [
     "merge_attributions",
     "register_aggregation_function",
     "register_attribution_method",
+    "register_model_config",
     "register_step_function",
 ]

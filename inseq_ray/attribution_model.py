@@ -115,8 +115,10 @@ class AttributionModel:
         """The decoder start token of an encoder-decoder (None for decoder-only models)."""
         if not self.is_encoder_decoder:
             return None
-        start = self.model.generation_config.decoder_start_token_id
-        return int(start if start is not None else self.model.config.decoder_start_token_id)
+        start = self.adapter.family.decoder_start_token_id
+        for source in (self.model.generation_config, self.model.config):
+            start = start if start is not None else source.decoder_start_token_id
+        return int(start)
 
     def _encode(self, inputs: list[str], targets: list[str], attr_pos: tuple, ids: list | None) -> EncodedBatch:
         if self.is_encoder_decoder:

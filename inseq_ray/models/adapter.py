@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from inseq_ray.errors import ModelConformanceError
+from inseq_ray.models.families import ModelConfig, family_config, known_names
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -64,6 +65,7 @@ class ModelAdapter:
     def __init__(self, model: PreTrainedModel) -> None:
         self.model = model
         self.is_encoder_decoder = bool(model.config.is_encoder_decoder)
+        self.family: ModelConfig = family_config(model)  # this family's quirks (models/families.py)
         self.mode = "full"
         self._batch_axes: dict[tuple[type, ...], int] = {}
         self.conformance = self.check_conformance()
@@ -71,12 +73,14 @@ class ModelAdapter:
     # ---- embeddings -------------------------------------------------------------------------
     def source_embedding(self) -> nn.Module:
         """The module the encoder calls on its ``input_ids``."""
-        return _embedding_module(self.model.get_encoder())
+        return _embedding_module(self.model.get_encoder(), self.family.embedding_module)
 
     def target_embedding(self) -> nn.Module:
         """The module the decoder (decoder-only: the model) calls on its ``input_ids``."""
         if self.is_encoder_decoder:
-            return _embedding_module(self.model.get_decoder())
+            return _embedding_module(self.model.get_decoder(), self.family.embedding_module)
+        if self.family.embedding_module is not None:
+            return self.model.base_model.get_submodule(self.family.embedding_module)
         return self.model.get_input_embeddings()
 
     def embed_source(self, ids: torch.Tensor) -> torch.Tensor:
@@ -108,12 +112,15 @@ class ModelAdapter:
         if self.mode == "full":
             return rows
         logits = self.model.get_output_embeddings()(rows)
-        bias = getattr(self.model, "final_logits_bias", None)
-        if isinstance(bias, torch.Tensor):
-            logits = logits + bias.reshape(-1)[: logits.shape[-1]]
-        cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
+        for name in _named(self.family.logits_bias, "logits_bias"):
+            bias = getattr(self.model, name, None)
+            if isinstance(bias, torch.Tensor):
+                logits = logits + bias.reshape(-1)[: logits.shape[-1]]
+        config = self.model.config.get_text_config()
+        for name in _named(self.family.logit_softcap_field, "logit_softcap_field"):
+            cap = getattr(config, name, None)
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
         return logits
 
     def last_hidden_states(self, inputs: ForwardInputs) -> torch.Tensor:
@@ -243,7 +250,14 @@ class ModelAdapter:
         return probe
 
 
-def _embedding_module(stack: nn.Module) -> nn.Module:
+def _named(value: str | None, field: str) -> tuple[str, ...]:
+    """The family's name for ``field``, else every name the family table knows for it (found generically)."""
+    return (value,) if value is not None else known_names(field)
+
+
+def _embedding_module(stack: nn.Module, name: str | None = None) -> nn.Module:
+    if name is not None:
+        return stack.get_submodule(name)
     getter = getattr(stack, "get_input_embeddings", None)
     module = getter() if callable(getter) else None
     return module if module is not None else stack.embed_tokens

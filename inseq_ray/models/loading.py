@@ -15,6 +15,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from inseq_ray.models.families import family_config
+
 logger = logging.getLogger(__name__)
 
 _DTYPES = {
@@ -108,7 +110,8 @@ def load_tokenizer(
 def max_input_length(hf_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int | None:
     """The longest sequence the model accepts, from its config (or a sane tokenizer limit)."""
     cfg = hf_model.config
-    for name in ("max_position_embeddings", "n_positions", "max_source_positions"):
+    field = family_config(hf_model).max_length_field
+    for name in ((field,) if field else ()) + ("max_position_embeddings", "n_positions", "max_source_positions"):
         value = getattr(cfg, name, None)
         if isinstance(value, int) and value > 0:
             return value

@@ -17,11 +17,7 @@ import torch
 from torch import nn
 
 from inseq_ray.models.adapter import ModelAdapter
-
-SELF_ATTENTION = ("self_attn", "attn", "attention", "self_attention", "layer.0.SelfAttention", "attn.attention")
-CROSS_ATTENTION = ("encoder_attn", "layer.1.EncDecAttention", "crossattention")
-VALUE_PROJECTIONS = ("v_proj", "v", "value", "v_lin")
-FUSED_PROJECTIONS = ("c_attn", "query_key_value", "qkv_proj", "Wqkv")
+from inseq_ray.models.families import MODEL_CONFIGS, ModelConfig, known_names
 
 
 @dataclass(frozen=True)
@@ -66,9 +62,16 @@ def decoder_blocks(adapter: ModelAdapter) -> nn.ModuleList:
 
 
 def value_sites(adapter: ModelAdapter, blocks: nn.ModuleList, kind: str) -> list[ValueSite]:
-    """One :class:`ValueSite` per block: its self-attention (``kind="self"``) or cross-attention (``"cross"``)."""
-    names = SELF_ATTENTION if kind == "self" else CROSS_ATTENTION
+    """One :class:`ValueSite` per block: its self-attention (``kind="self"``) or cross-attention (``"cross"``),
+    where the family's entry in :mod:`inseq_ray.models.families` says (else every name the table knows)."""
+    field = "self_attention_module" if kind == "self" else "cross_attention_module"
+    names = _candidates(adapter.family, field)
     return [_site(adapter, block, names, f"{kind}-attention of block {i}") for i, block in enumerate(blocks)]
+
+
+def _candidates(family: ModelConfig, field: str) -> tuple[str, ...]:
+    value = getattr(family, field)
+    return (value,) if value is not None else known_names(field)
 
 
 def _site(adapter: ModelAdapter, block: nn.Module, attention_names: tuple[str, ...], what: str) -> ValueSite:
@@ -76,38 +79,62 @@ def _site(adapter: ModelAdapter, block: nn.Module, attention_names: tuple[str, .
     attention = next((block.get_submodule(n) for n in attention_names if _has(block, n)), None)
     if attention is None:
         raise ValueError(
-            f"value_zeroing: no {what} in {type(block).__name__} (looked for {', '.join(attention_names)})."
+            f"value_zeroing: no {what} in {type(block).__name__} (looked for {', '.join(attention_names)}; "
+            "inseq_ray.register_model_config names it for a new family)."
+        )
+    name = next((n for n in _candidates(adapter.family, "value_vector") if _has(attention, n)), None)
+    if name is None:
+        raise ValueError(
+            f"value_zeroing: {type(attention).__name__} ({what}) has none of the value projections "
+            f"{', '.join(_candidates(adapter.family, 'value_vector'))} (a submodule whose output holds the values, "
+            "e.g. 'v_proj'; inseq_ray.register_model_config names it for a new family)."
         )
     heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0))
     head_dim = int(getattr(config, "head_dim", 0) or config.hidden_size // heads)
     kv_heads = int(getattr(config, "num_key_value_heads", 0) or heads)
-    for n in VALUE_PROJECTIONS:
-        if _has(attention, n) and isinstance(attention.get_submodule(n), nn.Module):
-            module = attention.get_submodule(n)
-            return ValueSite(module, n, _out_features(module) // head_dim, head_dim)
-    for n in FUSED_PROJECTIONS:
-        if _has(attention, n):
-            return _fused(attention.get_submodule(n), n, config, heads, kv_heads, head_dim)
-    raise ValueError(
-        f"value_zeroing: {type(attention).__name__} ({what}) has none of the value projections "
-        f"{', '.join(VALUE_PROJECTIONS + FUSED_PROJECTIONS)}: its family is not supported yet."
-    )
+    module = attention.get_submodule(name)
+    layout = _layout(adapter.family, name)
+    if layout is None:
+        return ValueSite(module, name, _out_features(module) // head_dim, head_dim)
+    if layout not in FUSED_LAYOUTS:
+        raise ValueError(f"value_zeroing: unknown value_layout {layout!r}; valid: {', '.join(FUSED_LAYOUTS)}.")
+    return FUSED_LAYOUTS[layout](module, name, config, heads, kv_heads, head_dim)
 
 
-def _fused(module: nn.Module, name: str, config, heads: int, kv_heads: int, head_dim: int) -> ValueSite:
-    """A fused q/k/v projection: where the values sit in its output, per the family's layout."""
+def _layout(family: ModelConfig, name: str) -> str | None:
+    """The fused layout of value projection ``name``: the family's, or (discovered) the table's for that name."""
+    if family.value_vector is not None:
+        return family.value_layout
+    return next((e.value_layout for e in MODEL_CONFIGS.values() if e.value_vector == name), None)
+
+
+def _q_k_v(module: nn.Module, name: str, config, heads: int, kv_heads: int, head_dim: int) -> ValueSite:
+    """q | k | v, equal widths (GPT-2's ``c_attn``)."""
+    return ValueSite(module, name, heads, head_dim, offset=2 * _out_features(module) // 3)
+
+
+def _q_kv(module: nn.Module, name: str, config, heads: int, kv_heads: int, head_dim: int) -> ValueSite:
+    """q (heads) | k (kv heads) | v (kv heads): Phi-3's ``qkv_proj``, MPT's ``Wqkv``."""
+    return ValueSite(module, name, kv_heads, head_dim, offset=(heads + kv_heads) * head_dim)
+
+
+def _per_head(module: nn.Module, name: str, config, heads: int, kv_heads: int, head_dim: int) -> ValueSite:
+    """(q, k, v) per head: NeoX, Bloom, Falcon's first layout."""
+    return ValueSite(module, name, heads, head_dim, group=3 * head_dim)
+
+
+def _falcon(module: nn.Module, name: str, config, heads: int, kv_heads: int, head_dim: int) -> ValueSite:
+    """Falcon's three layouts, by its config flags."""
     width = _out_features(module)
-    kind = config.model_type
-    if kind == "gpt2" or name == "c_attn":  # q | k | v, each heads * head_dim
-        return ValueSite(module, name, heads, head_dim, offset=2 * width // 3)
-    if name in ("qkv_proj", "Wqkv"):  # q (heads) | k (kv) | v (kv)
-        return ValueSite(module, name, kv_heads, head_dim, offset=(heads + kv_heads) * head_dim)
-    if kind == "falcon" and getattr(config, "new_decoder_architecture", False):  # kv groups of (q..., k, v)
+    if getattr(config, "new_decoder_architecture", False):  # kv groups of (q..., k, v)
         groups = int(getattr(config, "num_kv_heads", None) or heads)
         return ValueSite(module, name, groups, head_dim, group=width // groups)
-    if kind == "falcon" and getattr(config, "multi_query", False):  # q heads, one k, one v
+    if getattr(config, "multi_query", False):  # q heads, one k, one v
         return ValueSite(module, name, 1, head_dim, group=width)
-    return ValueSite(module, name, heads, head_dim, group=3 * head_dim)  # per head (q, k, v): NeoX, Bloom, Falcon
+    return _per_head(module, name, config, heads, kv_heads, head_dim)
+
+
+FUSED_LAYOUTS = {"qkv": _q_k_v, "q_kv": _q_kv, "per_head": _per_head, "falcon": _falcon}
 
 
 def _has(module: nn.Module, name: str) -> bool:
