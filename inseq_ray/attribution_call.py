@@ -4,12 +4,14 @@ keeps the call."""
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from inseq_ray.baselines import batch_baselines
-from inseq_ray.batching import fit, plan_batches, token_lengths
+from inseq_ray.batching import AttributedBatch, fit, plan_batches, token_lengths
 from inseq_ray.engine import MethodContext, MethodResult
 from inseq_ray.errors import InputError
 from inseq_ray.models.encoding import EncodedBatch, check_texts
@@ -25,9 +27,23 @@ if TYPE_CHECKING:
     from inseq_ray.attribution_model import AttributionModel
 
 
-def attribute_texts(am: AttributionModel, options: Mapping[str, Any], extra: dict) -> FeatureAttributionOutput:
-    """``attribute()`` with its arguments by name (``options``) and its extra keyword arguments (``extra``)."""
-    start = time.perf_counter()
+@dataclass
+class PreparedCall:
+    """One ``attribute()`` call resolved before any attribution: its settings, texts and targets (with their ids
+    when generated here), each record's key for its random draws, and the batch plan (input indices)."""
+
+    settings: AttributeSettings
+    inputs: list[str]
+    targets: list[str]
+    target_ids: list | None
+    keys: list[str]
+    batches: list[list[int]]
+    generation_args: dict
+    attr_pos: tuple[int | None, int | None]
+
+
+def prepare_call(am: AttributionModel, options: Mapping[str, Any], extra: dict) -> PreparedCall:
+    """Check and resolve one call (targets generated here when not given) and plan its batches."""
     texts = options["input_texts"]
     inputs = [texts] if isinstance(texts, str) else list(texts)
     check_texts(inputs, "input_texts")
@@ -37,29 +53,55 @@ def attribute_texts(am: AttributionModel, options: Mapping[str, Any], extra: dic
     targets, target_ids = am._targets(inputs, options["generated_texts"], options["batch_size"], generation_args)
     keys = _record_keys(options["record_keys"], inputs, targets)
     lengths = token_lengths(am.tokenizer, am.is_encoder_decoder, inputs, targets, target_ids)
-    attr_pos = (options["attr_pos_start"], options["attr_pos_end"])
-    outputs: dict[int, FeatureAttributionSequenceOutput] = {}
-    fitted: dict[int, int] = {}  # input index -> size of the batch it was attributed in
-    progress = _progress(len(inputs), options["show_progress"])
     batches = plan_batches(lengths, options["batch_size"] or len(inputs), settings.rows_per_batch(
         options["max_batch_tokens"]))  # fmt: skip
-    for idx in batches:
+    attr_pos = (options["attr_pos_start"], options["attr_pos_end"])
+    return PreparedCall(settings, inputs, targets, target_ids, keys, batches, generation_args, attr_pos)
+
+
+def stream_call(am: AttributionModel, call: PreparedCall, show_progress: bool) -> Iterator[AttributedBatch]:
+    """The call's batches, each as soon as it is attributed: (batch size it fitted in, input indices, outputs);
+    a batch halved on out-of-memory comes as its halves."""
+    progress = _progress(len(call.inputs), show_progress)
+    for idx in call.batches:
 
         def attribute(group: list[int]) -> list[FeatureAttributionSequenceOutput]:
-            ids = None if target_ids is None else [target_ids[i] for i in group]
-            batch = am._encode([inputs[i] for i in group], [targets[i] for i in group], attr_pos, ids)
-            return am._attribute_batch(batch, settings, group, [keys[i] for i in group])
+            ids = None if call.target_ids is None else [call.target_ids[i] for i in group]
+            texts = [call.inputs[i] for i in group], [call.targets[i] for i in group]
+            batch = am._encode(*texts, call.attr_pos, ids)
+            return am._attribute_batch(batch, call.settings, group, [call.keys[i] for i in group])
 
-        for size, group, seqs in fit(idx, attribute):
-            outputs.update(zip(group, seqs, strict=True))
-            fitted.update(dict.fromkeys(group, size))
-            if options["batch_callback"] is not None:
-                options["batch_callback"](group, seqs)
+        yield from fit(idx, attribute)
         progress.update(len(idx))
     progress.close()
-    info = call_info(am, options, settings, (inputs, targets, generation_args), [fitted[i] for i in range(len(inputs))])
+
+
+def stream_texts(am: AttributionModel, args: tuple, kwargs: dict) -> Iterator[AttributedBatch]:
+    """``attribute(*args, **kwargs)`` as a stream of attributed batches (see :func:`stream_call`); the call is
+    checked and prepared (targets generated) before this returns."""
+    bound = inspect.signature(type(am).attribute).bind(am, *args, **kwargs)
+    bound.apply_defaults()
+    options = dict(bound.arguments)
+    del options["self"]
+    extra = options.pop("kwargs")
+    return stream_call(am, prepare_call(am, options, extra), bool(options["show_progress"]))
+
+
+def attribute_texts(am: AttributionModel, options: Mapping[str, Any], extra: dict) -> FeatureAttributionOutput:
+    """``attribute()`` with its arguments by name (``options``) and its extra keyword arguments (``extra``)."""
+    start = time.perf_counter()
+    call = prepare_call(am, options, extra)
+    outputs: dict[int, FeatureAttributionSequenceOutput] = {}
+    fitted: dict[int, int] = {}  # input index -> size of the batch it was attributed in
+    for size, group, seqs in stream_call(am, call, options["show_progress"]):
+        outputs.update(zip(group, seqs, strict=True))
+        fitted.update(dict.fromkeys(group, size))
+        if options["batch_callback"] is not None:
+            options["batch_callback"](group, seqs)
+    texts = (call.inputs, call.targets, call.generation_args)
+    info = call_info(am, options, call.settings, texts, [fitted[i] for i in range(len(call.inputs))])
     info["exec_time"] = time.perf_counter() - start
-    return FeatureAttributionOutput([outputs[i] for i in range(len(inputs))], info)
+    return FeatureAttributionOutput([outputs[i] for i in range(len(call.inputs))], info)
 
 
 def _record_keys(given, inputs: list[str], targets: list[str]) -> list[str]:

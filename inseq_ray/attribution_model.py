@@ -8,13 +8,13 @@ step functions' per-batch inputs in :mod:`inseq_ray.step_inputs`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from inseq_ray.attribution_call import attribute_batch, attribute_texts
+from inseq_ray.attribution_call import attribute_batch, attribute_texts, stream_texts
 from inseq_ray.baselines import baseline_ids
 from inseq_ray.batching import plan_batches
 from inseq_ray.errors import InputError, NonFiniteAttributionError
@@ -96,6 +96,11 @@ class AttributionModel:
         options = dict(locals())  # every named argument, by name: the call resolves them once (settings)
         del options["self"], options["kwargs"]
         return attribute_texts(self, options, kwargs)
+
+    def attribute_stream(self, *args: Any, **kwargs: Any) -> Iterator[tuple[int, list[int], list]]:
+        """:meth:`attribute`'s arguments; yields each batch as soon as it is attributed: (the batch size it fitted
+        in, its input indices, their ``FeatureAttributionSequenceOutput``s). Checked, and targets generated, first."""
+        return stream_texts(self, args, kwargs)
 
     def _targets(self, inputs: list[str], generated, batch_size: int | None, generation_args: dict) -> tuple:
         """(target texts, target ids or None): forced targets as given, else generated ones with their ids."""

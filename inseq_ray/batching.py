@@ -9,7 +9,8 @@ import torch
 
 from inseq_ray.errors import InputError, Reason
 
-Fitted = list[tuple[int, list[int], list]]  # [(batch size it succeeded in, input indices, their outputs)]
+AttributedBatch = tuple[int, list[int], list]  # (batch size it succeeded in, input indices, their outputs)
+Fitted = list[AttributedBatch]
 
 
 def plan_batches(lengths: list[int], batch_size: int, max_row_tokens: int | None = None) -> list[list[int]]:

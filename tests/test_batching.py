@@ -95,6 +95,26 @@ def test_out_of_memory_halves_the_batch_and_equals_the_plain_result(bart, oom_if
     assert e.value.code == Reason.OOM
 
 
+def test_the_stream_yields_each_batch_as_attributed_and_equals_attribute(bart, oom_if_big, monkeypatch):
+    """attribute_stream is lazy (a batch is attributed only when pulled), yields halves after out-of-memory,
+    and its outputs are attribute()'s, index for index."""
+    calls: list[list[int]] = []
+    real = bart._attribute_batch
+    monkeypatch.setattr(bart, "_attribute_batch", lambda b, s, idx, k: calls.append(idx) or real(b, s, idx, k))
+    stream = bart.attribute_stream(SHORT, method=oom_if_big, batch_size=3, show_progress=False)
+    assert calls == []
+    size, idx, seqs = next(stream)
+    first = {i for c in calls for i in c}  # only the first planned batch (3 rows, tried whole, then halved)
+    assert len(first) == 3 and set(idx) <= first and size <= 2 and len(seqs) == len(idx)
+    rest = list(stream)
+    assert {i for c in calls for i in c} == set(range(len(SHORT)))  # the rest was attributed only when pulled
+    got = {i: seq for _, group, out in [(size, idx, seqs), *rest] for i, seq in zip(group, out, strict=True)}
+    plain = bart.attribute(SHORT, method="saliency", show_progress=False)
+    assert sorted(got) == list(range(len(SHORT)))
+    for i, seq in got.items():
+        assert torch.allclose(seq.source_attributions, plain[i].source_attributions, atol=1e-6)
+
+
 def test_in_the_pipeline_an_unfittable_record_is_one_oom_row(tmp_path, oom_if_big, model_dir):
     path = tmp_path / "c.txt"
     path.write_text("".join(s + "\n" for s in [*SHORT, LONG]))

@@ -189,9 +189,12 @@ def test_one_bad_record_costs_log_retries_not_a_batch_of_singles(tmp_path):
 
     path = tmp_path / "c.txt"
     write_lines(path, [*SENTENCES[:31], "POISON the cat sees"])
-    block = CountingAttribute(local(tmp_path, path, batch_size=64))
+    from inseq_ray.pipeline.blocks import WriteObjects
+
+    cfg = local(tmp_path, path, batch_size=64)
+    block = CountingAttribute(cfg)
     (shard,) = plan_shards(str(path))
-    batch = block(ShardBatch(shard, records=list(read_shard(shard))))
+    batch = WriteObjects(cfg)(block(ShardBatch(shard, records=list(read_shard(shard)))))  # pulls the stream
     assert isinstance(shard, Shard) and len(batch.results) == 31 and len(batch.errors) == 1
     assert CountingAttribute.calls <= 2 * 5 + 1  # log2(32) = 5 levels, two halves each, plus the first try
 

@@ -296,7 +296,7 @@ def test_a_block_list_missing_a_step_fails_before_any_work(tmp_path):
     from inseq_ray.pipeline.runner import ShardWorker
 
     cfg = PipelineConfig(output=str(tmp_path / "run"), use_ray=False).to_dict()
-    with pytest.raises(TypeError, match="WriteObjects needs results"):
+    with pytest.raises(TypeError, match="WriteObjects needs attributed"):
         ShardWorker(cfg, blocks=(ReadShard, WriteObjects, CommitShard))
     with pytest.raises(TypeError, match="summary"):
         ShardWorker(cfg, blocks=(ReadShard,))

@@ -2,7 +2,10 @@
 
 They know nothing of Ray: :mod:`inseq_ray.pipeline.runner` runs the same list in a Ray actor or in
 a plain loop. A batch is one shard (:class:`~inseq_ray.pipeline.data.ShardBatch`); each block declares
-the fields it ``needs`` and ``provides`` (checked when the list is built).
+the fields it ``needs`` and ``provides`` (checked when the list is built). A record goes one way:
+``ReadShard`` (shard -> records) -> ``Attribute`` (records -> a lazy stream of attributed batches) ->
+``WriteObjects`` (pulls the stream, so each batch is written while the next is attributed; -> results and
+errors) -> ``CommitShard`` (tables, then the marker). No block calls back into an earlier one.
 """
 
 from __future__ import annotations
@@ -10,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from inseq_ray.errors import InputError, NonFiniteAttributionError, Reason
 from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenceOutput
 from inseq_ray.pipeline import tables
 from inseq_ray.pipeline.config import PipelineConfig
-from inseq_ray.pipeline.data import ShardBatch, ShardSummary
+from inseq_ray.pipeline.data import Attributed, ShardBatch, ShardSummary
 from inseq_ray.pipeline.shards import Record, Shard, check_unchanged, read_shard
 from inseq_ray.pipeline.storage import Storage
 from inseq_ray.serialization import to_bytes
@@ -46,9 +50,10 @@ def read_records(cfg: PipelineConfig, shard: Shard) -> list[Record]:
 
 
 class Attribute:
-    """records -> (record, aggregated sequence output) results, plus error rows. Loads the model once."""
+    """records -> a stream of attributed batches (:class:`Attributed`: (record, aggregated output) pairs and error
+    rows), produced lazily as the next block pulls it. Loads the model once."""
 
-    needs, provides = ("records",), ("results", "errors", "attribute_seconds")
+    needs, provides = ("records",), ("attributed",)
 
     def __init__(self, cfg: PipelineConfig) -> None:
         from transformers.utils import logging as hf_logging
@@ -58,26 +63,36 @@ class Attribute:
         hf_logging.disable_progress_bar()  # this process is ours (an actor or the CLI): keep logs readable
         self.cfg = cfg
         self.model = inseq_ray.load_model(cfg.model, cfg.method, device=cfg.device, dtype=cfg.dtype)
-        self.shard_batch: ShardBatch | None = None  # the shard being attributed (progress and sink)
         self.max_batch_tokens = default_batch_tokens(cfg.max_batch_tokens, self.model.device.type == "cuda")
 
     def __call__(self, batch: ShardBatch) -> ShardBatch:
-        errors = [r for r in batch.records if r.error_reason]
-        todo = [r for r in batch.records if not r.error_reason]
-        batch.on_records(len(errors))
-        self.shard_batch = batch
-        start = time.perf_counter()
-        results: list[tuple[Record, FeatureAttributionSequenceOutput]] = []
-        for group in ([r for r in todo if r.target is not None], [r for r in todo if r.target is None]):
-            if group:
-                ok, bad = self._attribute_isolating_errors(group)
-                results += ok
-                errors += bad
-        batch.results, batch.errors = results, errors
-        batch.attribute_seconds = time.perf_counter() - start
+        batch.attributed = self._stream(batch.records)
         return batch
 
-    def _attribute(self, records: list[Record]) -> list[FeatureAttributionSequenceOutput]:
+    def _stream(self, records: list[Record]) -> Iterator[Attributed]:
+        """The records read as errors first, then forced targets, then generated ones, batch by batch."""
+        yield Attributed(errors=[r for r in records if r.error_reason])
+        todo = [r for r in records if not r.error_reason]
+        for group in ([r for r in todo if r.target is not None], [r for r in todo if r.target is None]):
+            if group:
+                yield from self._isolating_errors(group)
+
+    def _isolating_errors(self, records: list[Record]) -> Iterator[Attributed]:
+        """All at once; if that fails, bisect: one bad record costs O(log n) retries, and only it errors. Batches
+        yielded before a failure come again from the retries (the last word on a record counts)."""
+        try:
+            yield from self._attribute(records)
+            return
+        except Exception as e:
+            if len(records) == 1:
+                reason, message = str(reason_code(e)), str(e)[:500]
+                yield Attributed(errors=[dataclasses.replace(records[0], error_reason=reason, error_message=message)])
+                return
+        half = len(records) // 2
+        yield from self._isolating_errors(records[:half])
+        yield from self._isolating_errors(records[half:])
+
+    def _attribute(self, records: list[Record]) -> Iterator[Attributed]:
         cfg = self.cfg
         targets = None if records[0].target is None else [r.target for r in records]
         contrast: dict[str, Any] = {}
@@ -85,14 +100,8 @@ class Attribute:
             contrast["contrast_targets"] = [r.contrast_target for r in records]
         if cfg.contrast_source_column:
             contrast["contrast_sources"] = [r.contrast_source for r in records]
-        finished: dict[int, FeatureAttributionSequenceOutput] = {}
-
-        def on_batch(idx: list[int], seqs: list) -> None:  # each batch as soon as it is attributed
-            done = [self._finish(seq) for seq in seqs]
-            finished.update(zip(idx, done, strict=True))
-            self._hand_over([records[i] for i in idx], done)
-
-        out = self.model.attribute(
+        start = time.perf_counter()
+        stream = self.model.attribute_stream(
             [r.source for r in records],
             targets,
             attribute_target=cfg.attribute_target,
@@ -102,19 +111,19 @@ class Attribute:
             max_batch_tokens=self.max_batch_tokens,
             generation_args=cfg.generation_args,
             show_progress=False,
-            batch_callback=on_batch,
             record_keys=[r.seq_id for r in records],  # a record's random draws depend on it alone
             aggregate_hidden_fn=None if cfg.save_granular else cfg.aggregate_fn,
             normalize=cfg.normalize and not cfg.save_granular,  # batched on the device, not per sequence
             **contrast,
             **cfg.method_args,
         )
-        for r, size in zip(records, out.info["batch_sizes"], strict=True):
-            r.batch_size = size
-        return [finished[i] for i in range(len(records))]
+        for size, idx, seqs in stream:
+            done = self._done([records[i] for i in idx], [self._finish(seq) for seq in seqs], size)
+            yield Attributed(results=done, seconds=time.perf_counter() - start)
+            start = time.perf_counter()  # the time the consumer spent is not attribution
 
-    def _hand_over(self, records: list[Record], seqs: list[FeatureAttributionSequenceOutput]) -> None:
-        """One attributed batch: fill in its records, report progress, pass the results on to be written now."""
+    def _done(self, records: list[Record], seqs: list[FeatureAttributionSequenceOutput], size: int) -> list:
+        """One attributed batch's records filled in (generated text, batch size) and paired with their outputs."""
         decoded = iter(
             self.model.tokenizer.batch_decode(
                 [[t.id for t in seq.target] for r, seq in zip(records, seqs, strict=True) if r.target is None],
@@ -124,9 +133,8 @@ class Attribute:
         for r in records:
             r.generated = r.target is None
             r.generated_text = next(decoded) if r.generated else r.target
-        if self.shard_batch is not None:
-            self.shard_batch.on_records(len(records))
-            self.shard_batch.sink(list(zip(records, seqs, strict=True)))
+            r.batch_size = size
+        return list(zip(records, seqs, strict=True))
 
     def _finish(self, seq: FeatureAttributionSequenceOutput) -> FeatureAttributionSequenceOutput:
         """Objects hold exactly the scores of the tables: gradient outputs arrive reduced and normalised on the
@@ -134,20 +142,6 @@ class Attribute:
         if self.cfg.save_granular or not seq.attribution_dims:
             return seq
         return seq.aggregate(normalize=self.cfg.normalize)
-
-    def _attribute_isolating_errors(self, records: list[Record]) -> tuple[list, list]:
-        """All at once; if that fails, bisect: one bad record costs O(log n) retries, and only it errors."""
-        try:
-            return list(zip(records, self._attribute(records), strict=True)), []
-        except Exception as e:
-            if len(records) == 1:
-                return [], [
-                    dataclasses.replace(records[0], error_reason=str(reason_code(e)), error_message=str(e)[:500])
-                ]
-        half = len(records) // 2
-        ok_a, bad_a = self._attribute_isolating_errors(records[:half])
-        ok_b, bad_b = self._attribute_isolating_errors(records[half:])
-        return ok_a + ok_b, bad_a + bad_b
 
 
 def reason_code(e: Exception) -> Reason:
@@ -159,17 +153,16 @@ def reason_code(e: Exception) -> Reason:
 
 
 class WriteObjects:
-    """One ``sequences/<xx>/<seq_id>.json.gz`` per result (deterministic key: retries overwrite).
+    """Pulls the shard's attributed batches and writes one ``sequences/<xx>/<seq_id>.json.gz`` per result
+    (deterministic key: retries overwrite); then the shard's results and errors are final.
 
-    Objects are written in the background while the next batch is attributed: ``begin`` installs
-    ``batch.sink``, which queues each attributed batch for a writer thread that serialises it and writes it
-    (concurrent PUTs on object stores); at most :data:`WRITE_BACKLOG_SLOTS` batches wait, so attribution
-    only waits when storage falls that far behind. ``__call__`` writes what was not handed over, waits for
-    every write of the shard (so the commit comes after them), and removes objects of records that ended
-    up as errors.
+    Each batch goes to a writer thread (concurrent PUTs on object stores) while the next one is pulled, that is
+    attributed: writing overlaps attribution. At most :data:`WRITE_BACKLOG_SLOTS` batches wait, so attribution
+    only waits when storage falls that far behind. Every write ends before this returns (the commit comes
+    after them), and objects of records that ended up as errors are removed.
     """
 
-    needs, provides = ("results",), ("results",)  # fills each record's object_uri / object_bytes
+    needs, provides = ("records", "attributed"), ("results", "errors", "attribute_seconds")
 
     def __init__(self, cfg: PipelineConfig) -> None:
         from concurrent.futures import ThreadPoolExecutor
@@ -183,44 +176,50 @@ class WriteObjects:
         }
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="object-writer")
         self.backlog = threading.BoundedSemaphore(WRITE_BACKLOG_SLOTS)
-        self.pending: list = []  # futures of this shard's writes
-        self.queued: set[str] = set()  # seq_ids handed to the writer
-        self.written: dict[str, tuple[str, int]] = {}  # seq_id -> (uri, bytes)
 
-    def begin(self, batch: ShardBatch) -> None:
-        self.pending, self.queued, self.written = [], set(), {}
-        batch.sink = self._submit
+    def __call__(self, batch: ShardBatch) -> ShardBatch:
+        last: dict[str, tuple[Record, FeatureAttributionSequenceOutput | None]] = {}  # seq_id -> last word
+        written: dict[str, tuple[str, int]] = {}  # seq_id -> (uri, bytes)
+        pending: list = []
+        try:
+            for chunk in batch.attributed:
+                batch.attribute_seconds += chunk.seconds
+                batch.on_records(len(chunk.results) + len(chunk.errors))
+                last.update({r.seq_id: (r, None) for r in chunk.errors})
+                last.update({r.seq_id: (r, seq) for r, seq in chunk.results})
+                if chunk.results:
+                    pending.append(self._submit(chunk.results, written, batch))
+            start = time.perf_counter()
+            for future in pending:
+                future.result()  # re-raises a write's StorageError here, before anything commits
+            batch.write_seconds += time.perf_counter() - start
+        finally:
+            for future in pending:  # on error: nothing of this shard is written after it
+                future.cancel()
+        order = {r.seq_id: i for i, r in enumerate(batch.records)}
+        outcomes = sorted(last.values(), key=lambda pair: order.get(pair[0].seq_id, len(order)))
+        batch.results = [(r, seq) for r, seq in outcomes if seq is not None]
+        batch.errors = [r for r, seq in outcomes if seq is None]
+        for seq_id in set(written) - {r.seq_id for r, _ in batch.results}:  # written, then failed on a retry
+            self.storage.delete("sequences", seq_id[:2], f"{seq_id}.json.gz")
+        for record, _ in batch.results:
+            record.object_uri, record.object_bytes = written[record.seq_id]
+        return batch
 
-    def _submit(self, pairs: list[tuple[Record, FeatureAttributionSequenceOutput]]) -> None:
-        self.queued.update(r.seq_id for r, _ in pairs)
-        self.backlog.acquire()  # waits only when WRITE_BACKLOG_SLOTS batches are still being written
-        future = self.pool.submit(self._write, pairs)
+    def _submit(self, pairs: list, written: dict[str, tuple[str, int]], batch: ShardBatch):
+        """Queue one batch for the writer thread; waits only when WRITE_BACKLOG_SLOTS batches are still queued."""
+        start = time.perf_counter()
+        self.backlog.acquire()
+        batch.write_seconds += time.perf_counter() - start
+        future = self.pool.submit(self._write, pairs, written)
         future.add_done_callback(lambda _: self.backlog.release())
-        self.pending.append(future)
+        return future
 
-    def _write(self, pairs: list[tuple[Record, FeatureAttributionSequenceOutput]]) -> None:
+    def _write(self, pairs: list, written: dict[str, tuple[str, int]]) -> None:
         """Serialise and write one batch of objects (on the writer thread, off the attribution path)."""
         items = [(self._key(r), self._bytes(r, seq)) for r, seq in pairs]
         for (parts, data), uri in zip(items, self.storage.write_many(items), strict=True):
-            self.written[parts[-1].removesuffix(".json.gz")] = (uri, len(data))
-
-    def __call__(self, batch: ShardBatch) -> ShardBatch:
-        start = time.perf_counter()
-        try:
-            missing = [(r, seq) for r, seq in batch.results if r.seq_id not in self.queued]
-            if missing:
-                self._submit(missing)
-            for future in self.pending:
-                future.result()  # re-raises a write's StorageError here, before anything commits
-            batch.write_seconds += time.perf_counter() - start
-            ok = {r.seq_id for r, _ in batch.results}
-            for seq_id in set(self.written) - ok:  # written, then failed on a retry: no stray objects
-                self.storage.delete("sequences", seq_id[:2], f"{seq_id}.json.gz")
-            for record, _ in batch.results:
-                record.object_uri, record.object_bytes = self.written[record.seq_id]
-        finally:
-            self.pending, self.queued, self.written = [], set(), {}  # this shard's state ends here
-        return batch
+            written[parts[-1].removesuffix(".json.gz")] = (uri, len(data))
 
     @staticmethod
     def _key(record: Record) -> tuple[str, str, str]:

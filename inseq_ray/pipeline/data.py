@@ -8,7 +8,7 @@ what a block depends on from its class, and a block list missing a step fails be
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -43,6 +43,16 @@ class ShardSummary:
 
 
 @dataclass
+class Attributed:
+    """One attributed batch of a shard on its way to be written: its (record, output) pairs, its records that
+    failed, and the seconds spent attributing it."""
+
+    results: list[tuple[Record, FeatureAttributionSequenceOutput]] = field(default_factory=list)
+    errors: list[Record] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
 class ShardBatch:
     """One shard on its way through the blocks; fields are filled in block order."""
 
@@ -54,19 +64,15 @@ class ShardBatch:
     write_seconds: float = 0.0
     started_at: float = 0.0  # wall-clock time the worker took the shard
     summary: ShardSummary | None = None
-    on_records: Callable[[int], None] = field(default=lambda n: None, repr=False, compare=False)  # progress
-    # results handed over as soon as a batch is attributed (WriteObjects writes them in the background)
-    sink: Callable[[list[tuple[Record, FeatureAttributionSequenceOutput]]], None] = field(
-        default=lambda pairs: None, repr=False, compare=False
-    )
+    # the shard's attributed batches, produced as they are consumed: Attribute defines the stream, WriteObjects
+    # pulls it (writing each batch while the next is attributed)
+    attributed: Iterator[Attributed] = field(default_factory=lambda: iter(()), repr=False, compare=False)
+    # progress: the runner that made the batch counts records as they are attributed (locally the bar itself)
+    on_records: Callable[[int], None] = field(default=lambda n: None, repr=False, compare=False)
 
 
 class Block(Protocol):
-    """``Block(config)`` sets up once; ``block(batch)`` transforms one shard's batch.
-
-    A block may also define ``begin(batch)``, called for every block before the shard flows (e.g. to
-    install ``batch.sink``).
-    """
+    """``Block(config)`` sets up once; ``block(batch)`` transforms one shard's batch and hands it on."""
 
     needs: ClassVar[tuple[str, ...]]
     provides: ClassVar[tuple[str, ...]]
@@ -76,7 +82,7 @@ class Block(Protocol):
 
 def check_blocks(blocks: list, start: tuple[str, ...] = ("shard",)) -> None:
     """Every block's ``needs`` are provided by the start or an earlier block, and a summary comes out."""
-    valid = {f.name for f in dataclasses.fields(ShardBatch)} - {"on_records", "sink"}
+    valid = {f.name for f in dataclasses.fields(ShardBatch)} - {"on_records"}
     have = set(start)
     for block in blocks:
         name = type(block).__name__

@@ -100,9 +100,6 @@ class ShardWorker:
     def _process(self, shard: dict) -> dict:
         batch = ShardBatch(Shard(**shard), on_records=self.on_records, started_at=time.time())
         for block in self.blocks:
-            if hasattr(block, "begin"):
-                block.begin(batch)
-        for block in self.blocks:
             batch = block(batch)
         assert batch.summary is not None, "the last block makes the shard's summary"
         return batch.summary.to_dict()
