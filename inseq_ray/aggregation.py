@@ -8,7 +8,9 @@ target scores together sum to 1 (Inseq's "L2 + Normalize" default) or rescales b
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
+from functools import reduce
 
 import torch
 
@@ -84,7 +86,7 @@ def normalize_steps(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Divide each step column by the sum of |scores| over source and target tokens (NaN kept)."""
     parts = [p for p in (source, target) if p is not None]
-    total = sum(p.abs().nansum(dim=0) for p in parts)  # (steps,)
+    total = reduce(operator.add, (p.abs().nansum(dim=0) for p in parts))  # (steps,)
     total = torch.where(total == 0, torch.ones_like(total), total)
     return tuple(None if p is None else p / total for p in (source, target))  # type: ignore[return-value]
 

@@ -123,11 +123,16 @@ class AttributionModel:
         start = self.adapter.family.decoder_start_token_id
         for source in (self.model.generation_config, self.model.config):
             start = start if start is not None else source.decoder_start_token_id
+        if start is None:
+            raise ValueError(
+                f"{self.model_name} names no decoder_start_token_id (generation config or config): give one with "
+                "inseq_ray.register_model_config(..., {'decoder_start_token_id': ...}, allow_partial=True)."
+            )
         return int(start)
 
     def _encode(self, inputs: list[str], targets: list[str], attr_pos: tuple, ids: list | None) -> EncodedBatch:
         if self.is_encoder_decoder:
-            start = self.decoder_start()
+            start = int(self.decoder_start() or 0)  # an encoder-decoder's start: never None (see decoder_start)
             return encode_encoder_decoder(self.tokenizer, inputs, targets, start, self.max_length, attr_pos, ids)
         return encode_decoder_only(self.tokenizer, inputs, targets, self.max_length, attr_pos, ids)
 

@@ -164,7 +164,7 @@ def prepare_contrast(
 def _pairs_for(spec: ContrastSpec, b: int, original: list[int], contrast: list[int], tokenizer) -> Pairs:
     if spec.alignments is None or spec.targets is None:
         return []
-    if spec.alignments == "auto":
+    if isinstance(spec.alignments, str):  # "auto" (the only string _alignments accepts)
         a, c = tokenizer.convert_ids_to_tokens(original), tokenizer.convert_ids_to_tokens(contrast)
         matcher = difflib.SequenceMatcher(None, a, c, autojunk=False)
         return [(i + k, j + k) for i, j, size in matcher.get_matching_blocks() for k in range(size)]

@@ -158,7 +158,7 @@ class MethodContext:
 
     def real_lengths(self, name: str) -> list[int]:
         """(B,) real (unpadded) tokens of side ``name`` per row."""
-        mask = self.batch.source_mask if name == "source" else self.batch.target_mask
+        _, mask = self.batch.side(name)
         return [int(n) for n in mask.sum(1).tolist()]
 
     def attributed_embeds(self) -> dict[str, torch.Tensor]:
@@ -205,7 +205,7 @@ class MethodContext:
         ``context_embeds`` (name -> (R*B, L, H)): the inputs under the layer in the forward (default: the ids')."""
         site = resolve_layer(self.adapter, target_layer)
         b = self.batch
-        length = (b.source_ids if site.side == "source" else b.target_ids).shape[1]
+        length = b.side(site.side)[0].shape[1]
         with torch.no_grad():
             with captured(site) as seen:
                 self.adapter.states(self.forward_inputs({}, 1))

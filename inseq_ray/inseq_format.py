@@ -81,7 +81,7 @@ def _instance(module: str, cls: str, attributes: dict) -> dict:
 
 
 def _token(t: TokenWithId) -> dict:
-    return _instance(*TOKEN, {"id": int(t.id), "token": t.token})
+    return _instance(TOKEN[0], TOKEN[1], {"id": int(t.id), "token": t.token})
 
 
 def _blob(t: torch.Tensor | None, precision: str) -> str | None:
@@ -120,8 +120,8 @@ def _read_sequence(d: dict) -> FeatureAttributionSequenceOutput:
         target=[_read_token(t) for t in a.get("target") or []],
         source_attributions=src,
         target_attributions=tgt,
-        step_scores={k: _tensor(v) for k, v in (a.get("step_scores") or {}).items()},
-        sequence_scores={k: _tensor(v) for k, v in (a.get("sequence_scores") or {}).items()},
+        step_scores={k: _scores(v, k) for k, v in (a.get("step_scores") or {}).items()},
+        sequence_scores={k: _scores(v, k) for k, v in (a.get("sequence_scores") or {}).items()},
         attr_pos_start=int(a["attr_pos_start"]),
         attr_pos_end=int(a["attr_pos_end"]),
         attribution_dims=dims,
@@ -174,6 +174,14 @@ def check_safetensors(blob: bytes) -> None:
         want = math.prod(shape) * SAFETENSORS_ITEMSIZE[dtype]
         if not (0 <= begin <= end <= data) or end - begin != want:
             raise ValueError(f"tensor {key!r}: offsets {begin}..{end} do not hold {shape} x {dtype} in {data:,} bytes")
+
+
+def _scores(v: Any, name: str) -> torch.Tensor:
+    """A step or sequence score's tensor (never null)."""
+    t = _tensor(v)
+    if t is None:
+        raise ValueError(f"score {name!r} holds no tensor")
+    return t
 
 
 def _tensor(v: Any) -> torch.Tensor | None:

@@ -53,7 +53,7 @@ class RowRandom:
             out[..., b, :n] = torch.rand((*lead, n), generator=self.generator(b, stream))
         return out
 
-    def randn(self, lead: tuple[int, ...], lengths: Sequence[int], shape: tuple[int, int], stream: str):
+    def randn(self, lead: tuple[int, ...], lengths: Sequence[int], shape: Sequence[int], stream: str):
         """(*lead, B, width, hidden) standard normal draws over each row's first ``lengths[b]`` positions; 0 after."""
         width, hidden = shape
         out = torch.zeros((*lead, len(self.keys), width, hidden))

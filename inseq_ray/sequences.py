@@ -33,7 +33,7 @@ def normalize_on_device(result: MethodResult, batch: EncodedBatch) -> MethodResu
         steps, _, length = scores.shape
         positions = torch.arange(length, device=scores.device)
         if part == "source":
-            mask = batch.source_mask.bool()[None, :, :]  # (1, B, S)
+            mask = batch.side("source")[1].bool()[None, :, :]  # (1, B, S)
         else:
             seen = batch.attr_start[None, :, None] + torch.arange(steps, device=scores.device)[:, None, None]
             mask = (positions[None, None, :] < seen) & batch.target_mask.bool()[None, :, :]  # (T, B, L)
@@ -59,7 +59,7 @@ def build_sequences(
     scores = {k: v.cpu() for k, v in scores.items()}
     starts, ends = batch.attr_start.tolist(), batch.attr_end.tolist()
     tgt_lens = batch.target_mask.sum(1).tolist()
-    src_lens = batch.source_mask.sum(1).tolist() if batch.source_mask is not None else None
+    src_lens = batch.side("source")[1].sum(1).tolist() if batch.source_mask is not None else []
     out = []
     for b in range(batch.size):
         if not finite[b]:

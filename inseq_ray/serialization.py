@@ -23,6 +23,7 @@ from inseq_ray.errors import AttributionFileError
 from inseq_ray.inseq_format import from_inseq_dict, is_inseq_dict, to_inseq_dict
 from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenceOutput
 from inseq_ray.redact import redact_url
+from inseq_ray.tokens import TokenWithId
 
 MAX_FILE_BYTES = 256 << 20  # JSON bytes after decompression; a pipeline object is ~1 KB, granular ones MBs
 FORMAT = "inseq_ray.feature_attribution"
@@ -71,14 +72,22 @@ def sequence_to_dict(seq: FeatureAttributionSequenceOutput, precision: str = "fl
     }
 
 
+def _scores(d: dict | None, name: str) -> torch.Tensor:
+    """A step or sequence score's tensor (never null)."""
+    t = decode_tensor(d)
+    if t is None:
+        raise ValueError(f"score {name!r} holds no tensor")
+    return t
+
+
 def sequence_from_dict(d: dict) -> FeatureAttributionSequenceOutput:
     return FeatureAttributionSequenceOutput(
-        source=[tuple(t) for t in d["source"]],
-        target=[tuple(t) for t in d["target"]],
+        source=[TokenWithId(*t) for t in d["source"]],
+        target=[TokenWithId(*t) for t in d["target"]],
         source_attributions=decode_tensor(d["source_attributions"]),
         target_attributions=decode_tensor(d["target_attributions"]),
-        step_scores={k: decode_tensor(v) for k, v in d["step_scores"].items()},
-        sequence_scores={k: decode_tensor(v) for k, v in d.get("sequence_scores", {}).items()},
+        step_scores={k: _scores(v, k) for k, v in d["step_scores"].items()},
+        sequence_scores={k: _scores(v, k) for k, v in d.get("sequence_scores", {}).items()},
         attr_pos_start=int(d["attr_pos_start"]),
         attr_pos_end=int(d["attr_pos_end"]),
         attribution_dims=tuple(d.get("attribution_dims", ())),

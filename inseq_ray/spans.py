@@ -38,16 +38,16 @@ def normalize_spans(spans: Span | Sequence[Span] | None, length: int, name: str)
     """One span or a list of spans -> sorted, validated non-overlapping spans of >= 2 tokens."""
     if not spans:
         return []
-    spans = [tuple(spans)] if isinstance(spans[0], int) else [tuple(s) for s in spans]  # type: ignore[index]
+    given: list[tuple] = [tuple(spans)] if isinstance(spans[0], int) else [tuple(s) for s in spans]  # type: ignore[arg-type]
     previous_end = 0
-    for s in spans:
+    for s in given:
         if len(s) != 2 or not all(isinstance(i, int) for i in s) or not previous_end <= s[0] < s[1] <= length:
             raise ValueError(
                 f"{name}={spans}: give (start, end) pairs, end exclusive, ascending and non-overlapping within "
                 f"0..{length}."
             )
         previous_end = s[1]
-    return [s for s in spans if s[1] - s[0] > 1]
+    return [(s[0], s[1]) for s in given if s[1] - s[0] > 1]
 
 
 def word_spans(

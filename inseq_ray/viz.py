@@ -256,8 +256,8 @@ def _html_table(seq: FeatureAttributionSequenceOutput, index: int) -> str:
         lines.append(f"<tr{cls}><th class='row'>{html.escape(label)}</th>{''.join(cells)}</tr>")
     for k, (name, values) in enumerate(seq.step_scores.items()):
         sep = " sep" if k == 0 else ""
-        cells = "".join(f"<td title='{float(v):.4g}'>{_fmt(float(v), fmt)}</td>" for v in values)
-        lines.append(f"<tr class='score{sep}'><th class='row'>{html.escape(name)}</th>{cells}</tr>")
+        row = "".join(f"<td title='{float(v):.4g}'>{_fmt(float(v), fmt)}</td>" for v in values)
+        lines.append(f"<tr class='score{sep}'><th class='row'>{html.escape(name)}</th>{row}</tr>")
     caption = html.escape(f"{index}: {caption_text(seq, limit=400)}")
     vmin = float(finite.min()) if finite.numel() else 0.0
     legend = _legend(min(vmin, 0.0), vmax, fmt)

@@ -10,7 +10,9 @@ elementwise nonlinear modules and multiplies by ``(x - baseline)``, GradientSHAP
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections.abc import Iterator
+from functools import reduce
 
 import torch
 from torch import nn
@@ -128,7 +130,7 @@ def gradient_shap_draws(
 
 def convergence_delta(ctx: MethodContext, attrs: dict[str, torch.Tensor]) -> torch.Tensor:
     """(B, T) completeness error: sum of all attributions minus (f(x) - f(baseline))."""
-    total = sum(a.nan_to_num().sum(dim=(2, 3)) for a in attrs.values()).T  # (B, T)
+    total = reduce(operator.add, (a.nan_to_num().sum(dim=(2, 3)) for a in attrs.values())).T  # (B, T)
     at_input = ctx.step_values(ctx.fn, ctx.fn_kwargs, attributed=True)
     at_baseline = ctx.attributed_values({k: ctx.baselines[k] for k in ctx.attributed})
     return total - (at_input - at_baseline)

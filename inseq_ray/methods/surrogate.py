@@ -15,6 +15,9 @@ Forward budget per batch: ceil(``n_samples`` / ``patterns_per_forward``) no-grad
 
 from __future__ import annotations
 
+import operator
+from functools import reduce
+
 import torch
 
 from inseq_ray.engine import MethodContext, MethodResult
@@ -52,7 +55,7 @@ def lime(
     out = {k: torch.zeros((ctx.n_steps, b, *x[k].shape[2:]), device=y.device) for k in ctx.attributed}
     for t in range(ctx.n_steps):
         steps = {k: (perturbed[k].double(), features[k][:, t].double()) for k in ctx.attributed}
-        weights = sum((unchanged[k] * f[None]).sum(-1) for k, (_, f) in steps.items())  # (S, B)
+        weights = reduce(operator.add, ((unchanged[k] * f[None]).sum(-1) for k, (_, f) in steps.items()))  # (S, B)
         coef = ridge(steps, y[:, :, t], weights, alpha)
         for k in ctx.attributed:
             out[k][t] = (coef[k] * ctx.plan.valid[:, t, None, None]).float()
@@ -73,7 +76,7 @@ def ridge(
     for k, (x, used) in steps.items():
         mean = torch.einsum("sb,sblh->blh", w, x) / total[:, None, None]
         centred[k] = (x - mean[None]) * used[None, :, :, None] * root[:, :, None, None]  # (S, B, L, H)
-    gram = sum(torch.einsum("sblh,rblh->bsr", a, a) for a in centred.values())  # (B, S, S)
+    gram = reduce(operator.add, (torch.einsum("sblh,rblh->bsr", a, a) for a in centred.values()))  # (B, S, S)
     z = (root * (y - (w * y).sum(0) / total)).T  # (B, S)
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
     u = torch.linalg.solve(gram + alpha * eye, z[..., None])[..., 0]  # (B, S)
@@ -96,7 +99,7 @@ def _features(ctx: MethodContext, name: str) -> torch.Tensor:
     prefix (positions before the step's target)."""
     b = ctx.batch
     if name == "source":
-        return b.source_mask.bool()[:, None, :].expand(-1, ctx.n_steps, -1)
+        return b.side("source")[1].bool()[:, None, :].expand(-1, ctx.n_steps, -1)
     positions = torch.arange(b.target_ids.shape[1], device=b.target_ids.device)
     return (positions[None, None, :] < ctx.plan.positions[:, :, None]) & b.target_mask.bool()[:, None, :]
 

@@ -51,7 +51,7 @@ def value_zeroing(
     time_first = adapter.activation_batch_axis((type(blocks[0]),)) == 1
     rows = (ctx.plan.positions - 1).clamp(min=0)  # (B, T) rows predicting each step
     with torch.no_grad():
-        with patched_blocks(blocks[:-1], None, time_first) as clean:  # recorded only
+        with patched_blocks(list(blocks)[:-1], None, time_first) as clean:  # recorded only
             final = adapter.last_hidden_states(ctx.forward_inputs({}, 1))  # (B, L, H')
         clean_rows = [gather_rows(h, rows).double() for h in [*clean, final]]  # n_layers x (B, T, H)
         out = {}

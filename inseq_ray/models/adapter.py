@@ -27,7 +27,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -131,7 +131,7 @@ class ModelAdapter:
             out = model(**self._model_kwargs(inputs), output_hidden_states=True)
         return (out.decoder_hidden_states if self.is_encoder_decoder else out.hidden_states)[-1]
 
-    def attention_forward(self, inputs: ForwardInputs) -> object:
+    def attention_forward(self, inputs: ForwardInputs) -> Any:
         """One forward from ids returning attention weights (model output with ``*attentions``)."""
         with eager_attention(self.model), self._substituted(inputs):
             return self.model(**self._model_kwargs(inputs), output_attentions=True)
@@ -151,7 +151,7 @@ class ModelAdapter:
         """Hooks that put ``inputs``' embeddings in place of the embedding modules' outputs."""
         swaps: list[tuple[torch.Tensor, torch.Tensor]] = []
         modules = []
-        if inputs.source_embeds is not None:  # the encoder runs first: keep this order
+        if inputs.source_embeds is not None and inputs.source_ids is not None:  # the encoder runs first
             swaps.append((inputs.source_ids, inputs.source_embeds))
             modules.append(self.source_embedding())
         if inputs.target_embeds is not None:
@@ -201,7 +201,7 @@ class ModelAdapter:
             ref = self.model(**self._model_kwargs(probe)).logits.float()  # (2, L, V)
         valid = probe.target_mask.bool()
         tol = 1e-4 if self.dtype == torch.float32 else 5e-2
-        diffs = {}
+        diffs: dict[str, float | str] = {}
         for mode in self._candidate_modes():
             self.mode = mode
             try:
@@ -260,7 +260,7 @@ def _embedding_module(stack: nn.Module, name: str | None = None) -> nn.Module:
         return stack.get_submodule(name)
     getter = getattr(stack, "get_input_embeddings", None)
     module = getter() if callable(getter) else None
-    return module if module is not None else stack.embed_tokens
+    return module if isinstance(module, nn.Module) else stack.get_submodule("embed_tokens")
 
 
 @contextlib.contextmanager

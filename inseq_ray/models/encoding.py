@@ -6,8 +6,9 @@ with causal masking (decoder) and key masking (encoder) batched results equal un
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -47,9 +48,17 @@ class EncodedBatch:
         """(B,) attributed steps per sequence."""
         return self.attr_end - self.attr_start
 
+    def side(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, mask) of side ``name`` ("source"/"target"), each (B, S) or (B, L)."""
+        if name == "target":
+            return self.target_ids, self.target_mask
+        if self.source_ids is None or self.source_mask is None:
+            raise ValueError("a decoder-only batch has no source side")
+        return self.source_ids, self.source_mask
+
     def to(self, device: torch.device) -> EncodedBatch:
-        fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
-        return EncodedBatch(**fields)
+        moved: dict[str, Any] = {k: v.to(device) for k, v in self.__dict__.items() if isinstance(v, torch.Tensor)}
+        return dataclasses.replace(self, **moved)
 
 
 def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

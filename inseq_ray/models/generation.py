@@ -29,7 +29,7 @@ def generate_targets(
         for s in range(0, len(texts), size):
             enc = tokenizer(texts[s : s + size], return_tensors="pt", padding=True).to(model.device)
             with torch.no_grad():
-                ids = model.generate(**enc, pad_token_id=tokenizer.pad_token_id, **generation_args)
+                ids = model.generate(**enc, pad_token_id=tokenizer.pad_token_id, **generation_args)  # type: ignore[operator]
             out_texts += tokenizer.batch_decode(ids, skip_special_tokens=True)
             width = enc["attention_mask"].shape[1]
             for row, prompt_len in zip(ids.tolist(), enc["attention_mask"].sum(1).tolist(), strict=True):

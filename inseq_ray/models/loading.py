@@ -70,7 +70,7 @@ def load_hf_model(
     if isinstance(model, PreTrainedModel):
         hf_model = model
         if dtype is not None:
-            hf_model = hf_model.to(dtype)
+            hf_model = hf_model.to(dtype)  # type: ignore[arg-type]  # transformers types .to for its own wrapper
     else:
         config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
         auto_cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
@@ -87,7 +87,7 @@ def load_hf_model(
                 ) from e
             raise
     if not getattr(hf_model, "hf_device_map", None):
-        hf_model = hf_model.to(device)
+        hf_model = hf_model.to(device)  # type: ignore[arg-type]  # (as above)
     return hf_model.eval()
 
 
@@ -101,9 +101,10 @@ def load_tokenizer(
         return tokenizer
     source = tokenizer if tokenizer is not None else model
     if isinstance(source, PreTrainedModel):
-        source = source.config.name_or_path
-        if not source:
+        name = source.config.name_or_path
+        if not name:
             raise ValueError("A model object without a saved path needs tokenizer=... to be passed.")
+        source = name
     return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
 
 

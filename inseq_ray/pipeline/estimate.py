@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from typing import Any
 
 from inseq_ray.pipeline.blocks import BLOCKS, read_records
 from inseq_ray.pipeline.config import PipelineConfig
@@ -46,7 +47,9 @@ def estimate(cfg: PipelineConfig, sample_records: int = 2000, attribute_records:
     cfg.validate()
     shards, _, _ = preflight(cfg)
     total_bytes = sum(s.size for s in shards)
-    sampled, records, sampled_bytes = [], [], 0
+    sampled: list[Shard] = []
+    records: list[Record] = []
+    sampled_bytes = 0
     for shard in (shards[i] for i in spread_order(len(shards))):
         if len(records) >= sample_records:
             break
@@ -56,7 +59,7 @@ def estimate(cfg: PipelineConfig, sample_records: int = 2000, attribute_records:
         sampled.append(shard)
     est_records = round(len(records) * total_bytes / max(sampled_bytes, 1))
     good = [r for r in records if not r.error_reason]
-    measured = _measure(cfg, _spread(good, attribute_records)) if good else {"tokens": 0.0, "bytes": {}}
+    measured: dict[str, Any] = _measure(cfg, _spread(good, attribute_records)) if good else {"tokens": 0.0, "bytes": {}}
     ok_share = len(good) / max(len(records), 1)
     copies = method_copies(cfg.method, cfg.method_args)
     per_gpu = cfg.expected_records_per_gpu_s / copies  # the bench's rate is saliency's: one copy per row
@@ -93,7 +96,7 @@ def request_estimate(ok_records: int, shards: int) -> dict:
     return {"estimated_put_requests": puts, "estimated_get_requests": gets, "estimated_request_usd": cost}
 
 
-def _measure(cfg: PipelineConfig, records: list[Record]) -> dict:
+def _measure(cfg: PipelineConfig, records: list[Record]) -> dict[str, Any]:
     """Attribute ``records`` locally through the real blocks into a temp folder; per-record sizes."""
     with tempfile.TemporaryDirectory() as tmp:
         local = dataclasses.replace(cfg, output=tmp, use_ray=False)
@@ -103,6 +106,8 @@ def _measure(cfg: PipelineConfig, records: list[Record]) -> dict:
         for block in rest:
             batch = block(batch)
         s = batch.summary
+        if s is None:
+            raise RuntimeError("the block list made no shard summary")
     n = max(1, len(records))
     ok = max(1, s.ok)
     return {"tokens": s.target_tokens / ok, "bytes": {k: v / n for k, v in s.bytes.items()}}

@@ -297,7 +297,7 @@ def run(
         "inputs": identity,
         "shards": [s.shard_id for s in shards],
     }
-    with DriverLease(storage, record["fingerprint"]) as lease:  # registered before claiming: see lease.py
+    with DriverLease(storage, str(record["fingerprint"])) as lease:  # registered before claiming: see lease.py
         claim_run(storage, record, lease)
         lease.mark_claimed()
         if storage.exists("manifest.json"):

@@ -456,8 +456,9 @@ def _json_fields(
     missing = next((c for c in contrast_columns if c and not isinstance(obj.get(c), str)), None)
     if missing:
         return _record(shard, pos, line, None, Reason.MISSING_COLUMN, f"no string column {missing!r} (contrast)")
-    contrast = tuple(obj[c] if c else None for c in contrast_columns)
-    return _check_text(shard, pos, obj[source_column], target if isinstance(target, str) else None, contrast)
+    contrast_target, contrast_source = (obj[c] if c else None for c in contrast_columns)
+    text = target if isinstance(target, str) else None
+    return _check_text(shard, pos, obj[source_column], text, (contrast_target, contrast_source))
 
 
 def _check_text(shard: Shard, pos: int, source: str, target: str | None, contrast: Contrast = (None, None)) -> Record:
@@ -562,7 +563,7 @@ def _table(shard: Shard, bad_rows: list):
 
     with fsspec.open(shard.url, "rb", compression=compression_of(shard.url), **storage_options(shard.url)) as f:
         if shard.fmt == "csv":
-            opts = pcsv.ParseOptions(invalid_row_handler=lambda row: bad_rows.append(row) or "skip")
+            opts = pcsv.ParseOptions(invalid_row_handler=lambda row: _skip(bad_rows, row))
             convert = pcsv.ConvertOptions(check_utf8=False, strings_can_be_null=False)
             read = pcsv.ReadOptions(use_threads=False)  # malformed rows keep their row numbers (threads lose them)
             data = io.BytesIO(_csv_bytes(f, shard))
@@ -646,3 +647,9 @@ def _utf8(value: bytes) -> bool:
 def _text(value):
     """Decoded text for bytes (already checked to be UTF-8), the value itself otherwise."""
     return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _skip(bad_rows: list, row) -> str:
+    """pyarrow's invalid-row handler: note the malformed row, skip it."""
+    bad_rows.append(row)
+    return "skip"

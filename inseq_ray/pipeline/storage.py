@@ -215,5 +215,5 @@ class Storage:
             errno.EROFS: "the output is read-only: choose a writable --output",
             errno.EACCES: "permission denied: check the permissions of --output",
             errno.EPERM: "permission denied: check the permissions of --output",
-        }.get(e.errno, "check that --output is reachable and writable, then rerun the same command to resume")
+        }.get(e.errno or 0, "check that --output is reachable and writable, then rerun the same command to resume")
         return StorageError(f"cannot {verb} {url}: {e.strerror or type(e).__name__} ({hint}).")

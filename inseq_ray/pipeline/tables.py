@@ -139,7 +139,8 @@ def attribution_table(seqs: list[tuple[str, FeatureAttributionSequenceOutput]], 
     """
     seq_ids, steps, rows, scores = [], [], [], []
     starts, tok_offsets, gen_offsets = [], [], []
-    tokens_all, generated_all = [], []
+    tokens_all: list[str] = []
+    generated_all: list[str] = []
     for seq_id, seq in seqs:
         m = getattr(seq, f"{which}_attributions")
         if m is None:

@@ -169,7 +169,7 @@ def profile_histograms(run: Run) -> dict[str, pl.DataFrame]:
         top = max(top, _collect(profiles.select(pl.col("entropy").max().fill_null(0.0)))[0, 0])
         entropy = e if entropy is None else entropy.with_columns(pl.col("count") + e["count"])
         share = i if share is None else share.with_columns(pl.col("count") + i["count"])
-    if entropy is None or int(share["count"].sum()) == 0:
+    if entropy is None or share is None or int(share["count"].sum()) == 0:
         return {}
     return {"entropy": _coarsened(entropy, top), "input_share": share}
 
@@ -211,7 +211,8 @@ def top_pairs_and_zero_steps(run: Run, k: int = 25) -> tuple[pl.DataFrame, int]:
     keys = ["target_token", "attributed_token"]
     if not tables:
         return pl.DataFrame(schema={"target_token": pl.String, "attributed_token": pl.String, "times": pl.UInt32}), 0
-    counts, steps, zeros = None, 0, 0
+    counts: pl.DataFrame | None = None
+    steps = zeros = 0
     for part in run.shards():
         rows = pl.concat(
             [part.scan(t).select("seq_id", "step", "target_token", "attributed_token", "score") for t in tables]
@@ -227,6 +228,8 @@ def top_pairs_and_zero_steps(run: Run, k: int = 25) -> tuple[pl.DataFrame, int]:
         steps += int(shard_counts["times"].sum())
         both = shard_counts if counts is None else pl.concat([counts, shard_counts])
         counts = both.group_by(keys).agg(pl.col("times").sum())
+    if counts is None:  # no shard
+        return pl.DataFrame(schema={"target_token": pl.String, "attributed_token": pl.String, "times": pl.UInt32}), 0
     out = counts.sort("times", *keys, descending=[True, False, False]).head(k)
     return out.with_columns((pl.col("times") / max(1, steps)).alias("share")), zeros
 
@@ -245,6 +248,8 @@ def least_sure(run: Run, k: int = 15) -> pl.DataFrame:
         top = _collect(per_seq.sort(col, "seq_id", descending=[not lowest, False]).head(k))
         both = top if picked is None else pl.concat([picked, top])
         picked = both.sort(col, "seq_id", descending=[not lowest, False]).head(k)
+    if picked is None:
+        return pl.DataFrame()
     texts = run.scan("sequences").select("seq_id", "n_steps", "source_text", "target_text")
     ids = picked["seq_id"].to_list()
     found = _collect(texts.filter(pl.col("seq_id").is_in(ids)))

@@ -75,8 +75,10 @@ def plausibility(
         )
         hits = a = both = s = 0
         chance = 0.0
-        for seq, gold in zip(res.aggregate(), golds, strict=True):
-            matrix = seq.source_attributions if task == "translator" else seq.target_attributions[: seq.attr_pos_start]
+        for seq, gold in zip(res.aggregate().sequence_attributions, golds, strict=True):
+            side = seq.source_attributions if task == "translator" else seq.target_attributions
+            assert side is not None, "the toy tasks attribute this side"
+            matrix = side if task == "translator" else side[: seq.attr_pos_start]
             steps = len(gold)  # the EOS step (translator) has no gold link
             h, na, nb, ns, c = _scores(gold, matrix[:, :steps].nan_to_num())
             hits, a, both, s, chance = hits + h, a + na, both + nb, s + ns, chance + c * ns
