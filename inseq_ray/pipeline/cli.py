@@ -150,9 +150,10 @@ def add_dataset_parser(sub) -> None:
 
 def run_dataset(args: argparse.Namespace) -> int:
     from inseq_ray.errors import RunFailed
-    from inseq_ray.pipeline.report import print_report, print_summary
+    from inseq_ray.pipeline.report import print_summary
     from inseq_ray.pipeline.runner import run
     from inseq_ray.pipeline.verdict import final_verdict
+    from inseq_ray.report.summary import print_report
 
     cfg = config_from_args(args)
     if args.dry_run:

@@ -1,10 +1,6 @@
-"""The end-of-run summary and a few polars queries over the written tables (what users will run)."""
+"""The end-of-run summary line, from the manifest (the figures of the tables: :mod:`inseq_ray.report.summary`)."""
 
 from __future__ import annotations
-
-
-def table_glob(prefix: str, name: str) -> str:
-    return f"{prefix.rstrip('/')}/tables/{name}/*.parquet"
 
 
 def print_summary(manifest: dict) -> None:
@@ -23,44 +19,3 @@ def print_summary(manifest: dict) -> None:
         f"{manifest['shards']} shards; this run: {this['records']} records in {this['seconds']:.1f}s ({rate}); "
         f"{size / 1e6:.2f} MB written"
     )
-
-
-def print_report(prefix: str) -> None:
-    """A few figures of the finished run, computed as the HTML report computes them (lazy scans, grouped shard
-    by shard on the streaming engine): memory is bounded by one shard, not by the run."""
-    import polars as pl
-
-    from inseq_ray.report import data
-
-    pl.Config.set_tbl_rows(8)
-    pl.Config.set_fmt_str_lengths(40)
-    run = data.open_run(prefix)
-    top, zeros = data.top_pairs_and_zero_steps(run, k=8)
-    if top.height:
-        print("\nMost frequent (generated token -> its top-attributed input token):")
-        print(top)
-    if zeros:
-        print(f"({zeros} steps whose attribution is all zero are left out: no token is on top)")
-    if run.has_rows("step_scores") and "probability" in run.step_score_names:
-        mean = run.scan("step_scores").select(pl.col("probability").mean()).collect(engine="streaming").item()
-        print(f"\nmean probability of generated tokens: {mean:.3f}")
-    errors = data.errors_by_reason(run)
-    if errors.height:
-        print("\nerrors by reason:")
-        print(errors)
-    first = run.scan("sequences").select("seq_id").head(1).collect(engine="streaming")
-    if first.height:
-        from inseq_ray.errors import AttributionFileError
-        from inseq_ray.output import FeatureAttributionOutput
-        from inseq_ray.report import SEQ_ID
-
-        seq_id = first.item()
-        if isinstance(seq_id, str) and SEQ_ID.match(seq_id):
-            uri = f"{run.prefix}/sequences/{seq_id[:2]}/{seq_id}.json.gz"
-            try:
-                out = FeatureAttributionOutput.load(uri)
-            except AttributionFileError as e:
-                print(f"\nsequence {seq_id}: {e}")
-                return
-            print(f"\nsequence {seq_id}, from {uri}:")
-            out.show()

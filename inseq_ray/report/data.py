@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import fsspec
 import polars as pl
 
-from inseq_ray.pipeline.report import table_glob
 from inseq_ray.pipeline.storage import storage_options
 
 MAX_POSITION = 64  # step-score curves stop here (later positions are few)
@@ -33,7 +32,7 @@ class Run:
 
     def scan(self, table: str) -> pl.LazyFrame:
         if self.shard is None:
-            return pl.scan_parquet(table_glob(self.prefix, table))
+            return pl.scan_parquet(f"{self.prefix.rstrip('/')}/tables/{table}/*.parquet")
         return pl.scan_parquet(f"{self.prefix}/tables/{table}/{self.shard}.parquet")
 
     def has_rows(self, table: str) -> bool:
