@@ -11,6 +11,7 @@ _EXPORTS = {
     "list_aggregation_functions": "inseq_ray.aggregation",
     "register_aggregation_function": "inseq_ray.aggregation",
     "AttributionModel": "inseq_ray.attribution_model",
+    "attribute_context": "inseq_ray.context.procedure",
     "load_model": "inseq_ray.attribution_model",
     "AttributionFileError": "inseq_ray.errors",
     "InputError": "inseq_ray.errors",
@@ -34,6 +35,7 @@ _EXPORTS = {
 if TYPE_CHECKING:  # the names as a type checker (and an IDE) sees them
     from inseq_ray.aggregation import list_aggregation_functions, register_aggregation_function
     from inseq_ray.attribution_model import AttributionModel, load_model
+    from inseq_ray.context.procedure import attribute_context
     from inseq_ray.errors import (
         AttributionFileError,
         InputError,
@@ -81,6 +83,7 @@ __all__ = [
     "StepFunctionArgs",
     "TokenWithId",
     "UnknownIdError",
+    "attribute_context",
     "list_aggregation_functions",
     "list_feature_attribution_methods",
     "list_step_functions",

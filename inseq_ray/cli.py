@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from inseq_ray.context.cli import add_context_parser
 from inseq_ray.pipeline.cli import add_dataset_parser, add_field_flag, add_flag
 from inseq_ray.redact import redact_text
 
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_parser(sub)
     add_report_parser(sub)
     add_status_parser(sub)
+    add_context_parser(sub)
     return parser
 
 

@@ -54,7 +54,8 @@ def build_sequences(
     inputs' positions in the user's list (named in errors).
     """
     attrs = {k: v.transpose(0, 1) for k, v in result.attributions.items()}  # (B, T, L, *extra)
-    finite = torch.stack([(v.isfinite().flatten(2).all(2) | ~valid).all(1) for v in attrs.values()]).all(0).cpu()
+    checks = [(v.isfinite().flatten(2).all(2) | ~valid).all(1) for v in attrs.values()]  # (B,) each
+    finite = torch.stack(checks).all(0).cpu() if checks else torch.ones(batch.size, dtype=torch.bool)
     attrs = {k: v.cpu() for k, v in attrs.items()}
     scores = {k: v.cpu() for k, v in scores.items()}
     starts, ends = batch.attr_start.tolist(), batch.attr_end.tolist()
