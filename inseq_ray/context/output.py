@@ -21,9 +21,18 @@ class CCIOutput:
     contextless_output: str | None = None
     input_context_scores: list[float] | None = None
     output_context_scores: list[float] | None = None
+    step_total: float | None = field(default=None, compare=False)  # sum of |scores| of the step (not saved)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["step_total"]
+        return out
+
+    @property
+    def context_share(self) -> float | None:
+        """The share of the step's |attribution| on the context tokens (None without the step's total)."""
+        scores = [*(self.input_context_scores or []), *(self.output_context_scores or [])]
+        return sum(abs(s) for s in scores) / self.step_total if self.step_total else None
 
 
 @dataclass

@@ -255,7 +255,7 @@ def _cci(am: AttributionModel, cues: list[Cue], batch_size: int | None) -> list[
             inputs, outputs = context_scores(am, cue.example, seq)
             idx, score, token = cue.selected
             out[k] = CCIOutput(idx, token, score, cue.contextual_output, cue.contrast_token, cue.contextless_output,
-                               inputs, outputs)  # fmt: skip
+                               inputs, outputs, step_total(seq))  # fmt: skip
     return [out[k] for k in range(len(cues))]
 
 
@@ -357,6 +357,12 @@ def context_scores(
             start += len(ex.tokens["input_full"])
         outputs = _column(seq.target_attributions, start, len(ex.tokens.get("output_context", [])))
     return inputs, outputs
+
+
+def step_total(seq: FeatureAttributionSequenceOutput) -> float:
+    """Sum of |scores| of the attributed step over every attributed token (source and target)."""
+    sides = [m[:, 0] for m in (seq.source_attributions, seq.target_attributions) if m is not None]
+    return float(sum(float(m.abs().nansum()) for m in sides))
 
 
 def _leading_specials(am: AttributionModel, tokens: list, keep: Sequence[str]) -> int:

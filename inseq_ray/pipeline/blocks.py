@@ -11,16 +11,19 @@ errors) -> ``CommitShard`` (tables, then the marker). No block calls back into a
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import json
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+from inseq_ray.context.output import AttributeContextOutput
 from inseq_ray.errors import InputError, NonFiniteAttributionError, Reason
 from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenceOutput
 from inseq_ray.pipeline import tables
 from inseq_ray.pipeline.config import PipelineConfig
-from inseq_ray.pipeline.data import Attributed, ShardBatch, ShardSummary
+from inseq_ray.pipeline.data import Attributed, Output, ShardBatch, ShardSummary
 from inseq_ray.pipeline.shards import Record, Shard, check_unchanged, read_shard
 from inseq_ray.pipeline.storage import Storage
 from inseq_ray.serialization import to_bytes
@@ -46,7 +49,8 @@ class ReadShard:
 def read_records(cfg: PipelineConfig, shard: Shard) -> list[Record]:
     """The records of ``shard`` with every column the configuration asks for (source, target, contrast, id, kept)."""
     contrast = (cfg.contrast_column, cfg.contrast_source_column)
-    return list(read_shard(shard, cfg.source_column, cfg.target_column, contrast, cfg.id_column, cfg.keep_columns))
+    columns = (cfg.source_column, cfg.target_column, contrast, cfg.id_column, cfg.keep_columns, cfg.context_column)
+    return list(read_shard(shard, *columns))
 
 
 class Attribute:
@@ -178,7 +182,7 @@ class WriteObjects:
         self.backlog = threading.BoundedSemaphore(WRITE_BACKLOG_SLOTS)
 
     def __call__(self, batch: ShardBatch) -> ShardBatch:
-        last: dict[str, tuple[Record, FeatureAttributionSequenceOutput | None]] = {}  # seq_id -> last word
+        last: dict[str, tuple[Record, Output | None]] = {}  # seq_id -> last word
         written: dict[str, tuple[str, int]] = {}  # seq_id -> (uri, bytes)
         pending: list = []
         try:
@@ -225,7 +229,9 @@ class WriteObjects:
     def _key(record: Record) -> tuple[str, str, str]:
         return ("sequences", record.seq_id[:2], f"{record.seq_id}.json.gz")
 
-    def _bytes(self, record: Record, seq: FeatureAttributionSequenceOutput) -> bytes:
+    def _bytes(self, record: Record, seq: FeatureAttributionSequenceOutput | AttributeContextOutput) -> bytes:
+        if isinstance(seq, AttributeContextOutput):  # context mode: Inseq's AttributeContextOutput JSON, gzipped
+            return gzip.compress(json.dumps({"seq_id": record.seq_id, **seq.to_dict()}).encode())
         info = {
             **self.info,
             "seq_id": record.seq_id,
@@ -244,20 +250,17 @@ class CommitShard:
         self.cfg, self.storage = cfg, Storage(cfg.output, cfg.storage_attempts)
         self.fingerprint = cfg.fingerprint()
         self.worker, self.node = worker_identity()
+        self.build = self._attribution_tables
+        if cfg.context_column is not None:
+            from inseq_ray.pipeline.context import context_tables
+
+            self.build = context_tables
 
     def __call__(self, batch: ShardBatch) -> ShardBatch:
         cfg, shard_id = self.cfg, batch.shard.shard_id
-        aggregated = [(r.seq_id, self._aggregate(seq)) for r, seq in batch.results]
         per_seq_seconds = batch.attribute_seconds / max(1, len(batch.results))
         run = tables.RunFacts(cfg.model, cfg.method, cfg.attributed_fn, per_seq_seconds)
-        rows = [tables.RowOf(r, seq, run) for (r, _), (_, seq) in zip(batch.results, aggregated, strict=True)]
-        built = {
-            "sequences": tables.declared_table(tables.SEQUENCE_COLUMNS, rows),
-            "source_attributions": tables.attribution_table(aggregated, "source"),
-            "target_attributions": tables.attribution_table(aggregated, "target"),
-            "step_scores": tables.step_scores_table(aggregated, cfg.step_scores),
-            "errors": tables.declared_table(tables.ERROR_COLUMNS, [tables.RowOf(r, None, run) for r in batch.errors]),
-        }
+        built, target_tokens = self.build(batch.results, batch.errors, run)
         sizes = {}
         start = time.perf_counter()
         for name, table in built.items():
@@ -274,7 +277,7 @@ class CommitShard:
             records=len(batch.records),
             ok=len(batch.results),
             errors=len(batch.errors),
-            target_tokens=sum(s.n_steps for _, s in aggregated),
+            target_tokens=target_tokens,
             rows={name: t.num_rows for name, t in built.items()},
             bytes={**sizes, "objects": sum(r.object_bytes for r, _ in batch.results)},
             attribute_seconds=batch.attribute_seconds,
@@ -291,6 +294,19 @@ class CommitShard:
         self.storage.write_json(summary.to_dict(), "_shards", f"{shard_id}.json")
         batch.summary = summary
         return batch
+
+    def _attribution_tables(self, results: list, errors: list[Record], run: tables.RunFacts) -> tuple[dict, int]:
+        """The five tables of an attribution run, and the shard's attributed target tokens."""
+        aggregated = [(r.seq_id, self._aggregate(seq)) for r, seq in results]
+        rows = [tables.RowOf(r, seq, run) for (r, _), (_, seq) in zip(results, aggregated, strict=True)]
+        built = {
+            "sequences": tables.declared_table(tables.SEQUENCE_COLUMNS, rows),
+            "source_attributions": tables.attribution_table(aggregated, "source"),
+            "target_attributions": tables.attribution_table(aggregated, "target"),
+            "step_scores": tables.step_scores_table(aggregated, self.cfg.step_scores),
+            "errors": tables.declared_table(tables.ERROR_COLUMNS, [tables.RowOf(r, None, run) for r in errors]),
+        }
+        return built, sum(s.n_steps for _, s in aggregated)
 
     def _aggregate(self, seq: FeatureAttributionSequenceOutput) -> FeatureAttributionSequenceOutput:
         """Granular objects (save_granular) still need reducing; others arrive aggregated by Attribute."""
@@ -317,3 +333,13 @@ def worker_identity() -> tuple[str, str]:
 
 
 BLOCKS = (ReadShard, Attribute, WriteObjects, CommitShard)
+
+
+def blocks_for(cfg: PipelineConfig) -> tuple:
+    """The block list of a run: :data:`BLOCKS`, or in context mode (``context_column``) the same list with
+    :class:`~inseq_ray.pipeline.context.AttributeContext` attributing."""
+    if cfg.context_column is None:
+        return BLOCKS
+    from inseq_ray.pipeline.context import AttributeContext
+
+    return (ReadShard, AttributeContext, WriteObjects, CommitShard)

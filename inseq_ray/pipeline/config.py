@@ -34,6 +34,16 @@ def setting(
     return field(default=default, metadata=meta)
 
 
+CONTEXT_SETTINGS = (
+    "context_column",
+    "input_template",
+    "document_separator",
+    "context_sensitivity_metric",
+    "context_sensitivity_std_threshold",
+    "context_sensitivity_topk",
+)
+
+
 @dataclass
 class PipelineConfig:
     """Every field has a default, a one-line help (also the CLI's) and whether it changes results."""
@@ -74,6 +84,25 @@ class PipelineConfig:
         "record_columns (polars: pl.col('record_columns').str.json_path_match('$.lang'))",
         results=True,
         factory=list,
+    )
+    context_column: str | None = setting(
+        None,
+        "context-reliance mode (PECoRe): jsonl/csv/parquet column with each record's input context (a string, or "
+        "a list of documents); the source column is the current input. Writes context_tokens and context_cues",
+        results=True,
+    )
+    input_template: str = setting("{context} {current}", "context mode: how context and input are joined", results=True)
+    document_separator: str = setting(
+        "\n", "context mode: what joins a list of documents", results=True, show_default="a newline"
+    )
+    context_sensitivity_metric: str = setting(
+        "kl_divergence", "context mode: contrastive step function scoring context sensitivity", results=True
+    )
+    context_sensitivity_std_threshold: float | None = setting(
+        1.0, "context mode: tokens above mean + this x std of their scores are context-sensitive", results=True
+    )
+    context_sensitivity_topk: int | None = setting(
+        None, "context mode: at most this many context-sensitive tokens per record", results=True
     )
     attribute_target: bool = setting(False, "encoder-decoder: also attribute the target prefix", results=True)
     attributed_fn: str = setting("probability", "step function whose gradient is attributed", results=True)
@@ -152,6 +181,8 @@ class PipelineConfig:
         from inseq_ray.redact import redact_url
 
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("results")}
+        if self.context_column is None:  # context settings count in context mode only (older runs keep their id)
+            out = {k: v for k, v in out.items() if k not in CONTEXT_SETTINGS}
         return {**out, "input": redact_url(self.input)}
 
     def _check_method_args(self) -> None:
@@ -172,3 +203,17 @@ class PipelineConfig:
             raise ValueError("batch_size must be >= 1 and shard_bytes >= 1024.")
         if not 0 <= self.max_error_rate <= 1:
             raise ValueError(f"max_error_rate must be between 0 and 1, got {self.max_error_rate}.")
+        if self.context_column is not None:
+            self._check_context_mode()
+
+    def _check_context_mode(self) -> None:
+        """Context mode reads a column and writes its own tables: what it cannot honour is refused in one line."""
+        clashes = [flag for flag, on in (("--contrast-column", self.contrast_column),
+                   ("--contrast-source-column", self.contrast_source_column), ("--save-granular", self.save_granular))
+                   if on]  # fmt: skip
+        if clashes:
+            raise ValueError(f"--context-column cannot be combined with {', '.join(clashes)}.")
+        if "{context}" not in self.input_template or "{current}" not in self.input_template:
+            raise ValueError(f"--input-template {self.input_template!r} needs both {{context}} and {{current}}.")
+        if self.input_format == "text":
+            raise ValueError("--context-column needs jsonl, csv or parquet input (plain text has no columns).")

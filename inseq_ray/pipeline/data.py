@@ -12,8 +12,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from inseq_ray.context.output import AttributeContextOutput
 from inseq_ray.output import FeatureAttributionSequenceOutput
 from inseq_ray.pipeline.shards import Record, Shard
+
+Output = FeatureAttributionSequenceOutput | AttributeContextOutput  # a record's result (context mode: the latter)
 
 
 @dataclass
@@ -47,7 +50,7 @@ class Attributed:
     """One attributed batch of a shard on its way to be written: its (record, output) pairs, its records that
     failed, and the seconds spent attributing it."""
 
-    results: list[tuple[Record, FeatureAttributionSequenceOutput]] = field(default_factory=list)
+    results: list[tuple[Record, Output]] = field(default_factory=list)
     errors: list[Record] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -58,7 +61,7 @@ class ShardBatch:
 
     shard: Shard
     records: list[Record] = field(default_factory=list)  # every record read, bad ones included
-    results: list[tuple[Record, FeatureAttributionSequenceOutput]] = field(default_factory=list)  # attributed
+    results: list[tuple[Record, Output]] = field(default_factory=list)  # attributed
     errors: list[Record] = field(default_factory=list)  # records with error_reason set
     attribute_seconds: float = 0.0
     write_seconds: float = 0.0

@@ -12,7 +12,7 @@ import dataclasses
 import tempfile
 from typing import Any
 
-from inseq_ray.pipeline.blocks import BLOCKS, read_records
+from inseq_ray.pipeline.blocks import blocks_for, read_records
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.data import ShardBatch, check_blocks
 from inseq_ray.pipeline.shards import Record, Shard
@@ -100,7 +100,7 @@ def _measure(cfg: PipelineConfig, records: list[Record]) -> dict[str, Any]:
     """Attribute ``records`` locally through the real blocks into a temp folder; per-record sizes."""
     with tempfile.TemporaryDirectory() as tmp:
         local = dataclasses.replace(cfg, output=tmp, use_ray=False)
-        rest = [block(local) for block in BLOCKS[1:]]  # the records are already read
+        rest = [block(local) for block in blocks_for(local)[1:]]  # the records are already read
         check_blocks(rest, start=("shard", "records"))
         batch = ShardBatch(Shard("dryrun", "", "", "text", 0, 0), records=records)
         for block in rest:

@@ -12,7 +12,7 @@ import uuid
 
 from inseq_ray.errors import Reason, StorageError
 from inseq_ray.pipeline.config import PipelineConfig
-from inseq_ray.pipeline.shards import InputFiles, Record, Shard, input_identity, list_inputs, plan_shards, read_shard
+from inseq_ray.pipeline.shards import InputFiles, Record, Shard, input_identity, list_inputs, plan_shards
 from inseq_ray.pipeline.storage import Storage
 from inseq_ray.redact import redact_text, redact_url
 
@@ -30,7 +30,10 @@ def preflight(cfg: PipelineConfig) -> tuple[list[Shard], list[Record], dict[str,
     files = _list(cfg)
     _check_output_outside_input(cfg, files)
     shards = plan_shards(cfg.input, cfg.input_format, cfg.shard_bytes, files=files)
-    _check_contrast(cfg, shards)
+    if cfg.context_column:  # context mode: contrastive functions compare with the model's contextless output
+        _check_context(cfg, shards)
+    else:
+        _check_contrast(cfg, shards)
     sample = _check_columns(cfg, shards[0])
     check_model(cfg.model)
     _check_output(cfg.output)
@@ -87,16 +90,19 @@ def _list(cfg: PipelineConfig) -> InputFiles:
 
 def _check_columns(cfg: PipelineConfig, shard: Shard, sample: int = 50) -> list[Record]:
     """The first records of the first file: if none has the source column, the column name is wrong."""
+    from inseq_ray.pipeline.blocks import read_records
+
     records = []
-    contrast = (cfg.contrast_column, cfg.contrast_source_column)
-    for record in read_shard(shard, cfg.source_column, cfg.target_column, contrast, cfg.id_column, cfg.keep_columns):
+    for record in read_records(cfg, shard):
         records.append(record)
         if len(records) >= sample:
             break
     parsed = [r for r in records if r.error_reason not in UNPARSED]  # malformed rows say nothing about columns
     if parsed and all(r.error_reason == Reason.MISSING_COLUMN for r in parsed):
-        flag = "--contrast-column" if "contrast" in parsed[0].error_message else "--source-column"
-        raise ValueError(f"input: {parsed[0].error_message} in {shard.rel}; pass {flag} with the right name.")
+        message = parsed[0].error_message
+        flag = next((f for word, f in (("contrast", "--contrast-column"), ("context", "--context-column"))
+                     if word in message), "--source-column")  # fmt: skip
+        raise ValueError(f"input: {message} in {shard.rel}; pass {flag} with the right name.")
     if cfg.id_column and parsed and all(r.record_id is None for r in parsed):
         raise ValueError(
             f"input: no record of {shard.rel} has a value in column {cfg.id_column!r}; pass --id-column with the "
@@ -122,6 +128,18 @@ def _check_contrast(cfg: PipelineConfig, shards: list[Shard]) -> None:
         )
     if columns and any(s.fmt == "text" for s in shards):
         raise ValueError("input: plain-text files have no columns for contrastive inputs; use jsonl, csv or parquet.")
+
+
+def _check_context(cfg: PipelineConfig, shards: list[Shard]) -> None:
+    from inseq_ray.step_scores import get_step_function, is_contrastive
+
+    if any(s.fmt == "text" for s in shards):
+        raise ValueError("input: plain-text files have no column for --context-column; use jsonl, csv or parquet.")
+    if not is_contrastive(get_step_function(cfg.context_sensitivity_metric)):
+        raise ValueError(
+            f"--context-sensitivity-metric {cfg.context_sensitivity_metric!r} is not a contrastive step function "
+            "(kl_divergence, pcxmi, contrast_prob_diff, ...)."
+        )
 
 
 def check_model(model: str) -> None:

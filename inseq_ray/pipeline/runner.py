@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from inseq_ray.errors import PipelineError, RunConflictError, RunFailed, RunInterrupted, ShardError
-from inseq_ray.pipeline.blocks import BLOCKS, worker_identity
+from inseq_ray.pipeline.blocks import blocks_for, worker_identity
 from inseq_ray.pipeline.claims import claim_shard, orphaned, release_shard
 from inseq_ray.pipeline.config import PipelineConfig
 from inseq_ray.pipeline.data import ShardBatch, check_blocks
@@ -46,16 +46,20 @@ from inseq_ray.settings import actor_resources
 class ShardWorker:
     """The whole block list for one shard at a time; one instance per actor (model loaded once).
 
-    ``blocks``: block classes (or factories) called with the config; default :data:`BLOCKS`. Tests
+    ``blocks``: block classes (or factories) called with the config; default :func:`blocks_for` the config. Tests
     inject their own (e.g. one that kills the process between writing and committing).
     """
 
     def __init__(
-        self, cfg: dict, blocks: Sequence[Callable] = BLOCKS, on_records: Callable | None = None, driver: str = ""
+        self,
+        cfg: dict,
+        blocks: Sequence[Callable] | None = None,
+        on_records: Callable | None = None,
+        driver: str = "",
     ) -> None:
         config = PipelineConfig.from_dict(cfg)
         self.driver = driver  # the lease id of the driver this worker serves ("": no claims, e.g. a direct call)
-        self.blocks = [block(config) for block in blocks]
+        self.blocks = [block(config) for block in (blocks or blocks_for(config))]
         check_blocks(self.blocks)
         self.on_records = on_records or (lambda n: None)
         self.storage = Storage(config.output, config.storage_attempts)
@@ -126,7 +130,7 @@ def _py(value):
 def run_local(
     cfg: PipelineConfig,
     shards: list[Shard],
-    blocks: Sequence[Callable] = BLOCKS,
+    blocks: Sequence[Callable] | None = None,
     on_records: Callable | None = None,
     driver: str = "",
 ) -> Iterator[dict]:
@@ -138,7 +142,7 @@ def run_local(
 def run_ray(
     cfg: PipelineConfig,
     shards: list[Shard],
-    blocks: Sequence[Callable] = BLOCKS,
+    blocks: Sequence[Callable] | None = None,
     on_records: Callable | None = None,
     driver: str = "",
 ) -> Iterator[dict]:
@@ -154,7 +158,9 @@ def run_ray(
     ctx.execution_options.preserve_order = False
     ds: Any = ray.data.from_items([s.to_dict() for s in shards], override_num_blocks=len(shards))
     ds = ds.map_batches(
-        bound_worker(cfg.to_dict(), tuple(blocks), counter, driver),  # no constructor arguments for Ray Data to park
+        bound_worker(
+            cfg.to_dict(), tuple(blocks or blocks_for(cfg)), counter, driver
+        ),  # no constructor arguments for Ray Data to park
         batch_size=1,
         compute=ActorPoolStrategy(min_size=1, max_size=actors),
         num_gpus=num_gpus,
@@ -279,9 +285,9 @@ def overwrite_run(storage: Storage) -> str:
 
 
 def run(
-    cfg: PipelineConfig, progress: bool = True, blocks: Sequence[Callable] = BLOCKS, overwrite: bool = False
+    cfg: PipelineConfig, progress: bool = True, blocks: Sequence[Callable] | None = None, overwrite: bool = False
 ) -> dict:
-    """Run (or resume) the pipeline with ``blocks`` (default :data:`BLOCKS`); returns the manifest.
+    """Run (or resume) the pipeline with ``blocks`` (default :func:`blocks_for` the config); returns the manifest.
 
     A complete run with the same configuration and input returns its manifest with
     ``already_complete=True`` and does nothing.
@@ -302,7 +308,7 @@ def run(
         lease.mark_claimed()
         if storage.exists("manifest.json"):
             return {**storage.read_json("manifest.json"), "already_complete": True}
-        return _run_claimed(cfg, storage, record, lease, (shards, sample), progress, blocks)
+        return _run_claimed(cfg, storage, record, lease, (shards, sample), progress, blocks or blocks_for(cfg))
 
 
 def _run_claimed(

@@ -65,6 +65,7 @@ class Record:
     contrast_source: str | None = None  # contrastive source text (contrast_source_column, encoder-decoder)
     record_id: str | None = None  # the user's own id (id_column), as text
     record_columns: str | None = None  # keep_columns' values of the record, as a JSON object
+    context: str | list[str] | None = None  # context mode: the record's input context (text, or documents)
 
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".xz": "xz"}  # read whole-file (not seekable)
@@ -324,12 +325,14 @@ def read_shard(
     contrast_columns: Contrast = (None, None),
     id_column: str | None = None,
     keep_columns: Sequence[str] = (),
+    context_column: str | None = None,
 ) -> Iterator[Record]:
     """Records of one shard; unreadable records come back with ``error_reason`` set, never raised.
     ``contrast_columns``: (contrast target column, contrast source column), each required when named;
     ``id_column``: the user's own id, carried as ``record_id`` (None where a record has none); ``keep_columns``:
-    more columns carried as one JSON object, ``record_columns``."""
-    carried = (id_column, tuple(keep_columns))
+    more columns carried as one JSON object, ``record_columns``; ``context_column``: each record's context (a
+    string or a list of strings; a record without one is a ``missing_column`` row)."""
+    carried = (id_column, tuple(keep_columns), context_column)
     if shard.fmt in ("text", "jsonl"):
         yield from _read_lines(shard, source_column, target_column, contrast_columns, carried)
     else:  # csv, parquet
@@ -415,7 +418,7 @@ def _json_record(
     line: str,
     columns: tuple[str, str | None],
     contrast_columns: Contrast,
-    carried: Carried = (None, ()),
+    carried: Carried = (None, (), None),
 ) -> Record:
     """One JSONL line; ``columns``: (source, target) column names; ``carried``: (id column, kept columns)."""
     source_column, target_column = columns
@@ -430,12 +433,14 @@ def _json_record(
     return _carry(record, carried, obj.get) if isinstance(obj, dict) else record
 
 
-Carried = tuple[str | None, tuple[str, ...]]  # (id column, kept columns) carried into the tables
+Carried = tuple[str | None, tuple[str, ...], str | None]  # (id column, kept columns, context column)
 
 
 def _carry(record: Record, carried: Carried, value_of) -> Record:
-    """``record`` with its id and kept columns filled from ``value_of(column)`` (None where absent)."""
-    id_column, keep = carried
+    """``record`` with its id, kept columns and context filled from ``value_of(column)`` (None where absent)."""
+    id_column, keep, context_column = carried
+    if context_column and not record.error_reason:
+        _carry_context(record, context_column, value_of(context_column))
     if id_column and value_of(id_column) is not None:
         value = value_of(id_column)
         record.record_id = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
@@ -444,6 +449,20 @@ def _carry(record: Record, carried: Carried, value_of) -> Record:
         values = {c: v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v for c, v in values.items()}
         record.record_columns = json.dumps(values, ensure_ascii=False, default=str)
     return record
+
+
+def _carry_context(record: Record, column: str, value) -> None:
+    """A record's context: a non-empty string or list of strings (documents); otherwise the record is an error."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "backslashreplace")
+    documents = value if isinstance(value, list) else None
+    if isinstance(value, str) and value.strip():
+        record.context = value
+    elif documents and all(isinstance(d, str) for d in documents) and any(d.strip() for d in documents):
+        record.context = list(documents)
+    else:
+        record.error_reason = Reason.MISSING_COLUMN
+        record.error_message = f"no context text (a string or a list of strings) in column {column!r}"
 
 
 def _json_fields(
@@ -544,12 +563,14 @@ def _read_table(
             yield _record(shard, shard.offset, ",".join(table.column_names), None, Reason.MISSING_COLUMN, msg)
             return
     records = _table_records(shard, table, source_column, target_column, contrast_columns, _positions(bad_rows))
-    wanted = [c for c in (carried[0], *carried[1]) if c and c in table.column_names]
+    wanted = [c for c in (carried[0], *carried[1], carried[2]) if c and c in table.column_names]
+    if carried[2] and carried[2] not in wanted:  # the context column is required: every record says so
+        wanted.append(carried[2])
     if not wanted:
         yield from records
         return
     positions = _row_positions(shard, table.num_rows, _positions(bad_rows))
-    rows = {c: dict(zip(positions, _column(table, c), strict=True)) for c in wanted}
+    rows = {c: dict(zip(positions, _column(table, c), strict=True)) for c in wanted if c in table.column_names}
     for record in records:
         yield _carry(record, carried, lambda c, p=record.position: rows[c].get(p) if c in rows else None)
 

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 
+from inseq_ray.context.output import AttributeContextOutput
 from inseq_ray.output import FeatureAttributionSequenceOutput
 from inseq_ray.pipeline.shards import Record, escape_unencodable
 
@@ -27,7 +28,7 @@ class RowOf(NamedTuple):
     """What one row of ``sequences`` or ``errors`` is computed from."""
 
     record: Record
-    seq: FeatureAttributionSequenceOutput | None  # None for an error row
+    seq: FeatureAttributionSequenceOutput | AttributeContextOutput | None  # None for an error row
     run: RunFacts
 
 
@@ -51,7 +52,7 @@ class Column:
 
 
 def _seq(r: RowOf) -> FeatureAttributionSequenceOutput:
-    assert r.seq is not None, "sequence columns are computed for attributed records only"
+    assert isinstance(r.seq, FeatureAttributionSequenceOutput), "sequence columns are computed for attributed records"
     return r.seq
 
 

@@ -302,3 +302,40 @@ def work_per_node(run: Run) -> pl.DataFrame:
         return pl.DataFrame()
     df = pl.DataFrame(nodes)
     return df.with_columns((pl.col("records") / pl.col("busy_s").clip(1e-9)).round(2).alias("records_per_busy_s"))
+
+
+# ---- context mode (--context-column) ------------------------------------------------------------------------------
+def is_context_run(run: Run) -> bool:
+    return bool(run.manifest.get("config", {}).get("context_column"))
+
+
+def context_counts(run: Run) -> dict[str, float]:
+    """Generated tokens, context-sensitive ones, and the mean CTI score, over the run (streaming)."""
+    if not run.has_rows("context_tokens"):
+        return {"tokens": 0, "selected": 0, "mean_cti": 0.0}
+    lf = run.scan("context_tokens").select(
+        pl.len().alias("tokens"), pl.col("selected").sum().alias("selected"), pl.col("cti_score").mean().alias("mean")
+    )
+    row = _collect(lf).row(0)
+    return {"tokens": int(row[0]), "selected": int(row[1] or 0), "mean_cti": float(row[2] or 0.0)}
+
+
+def context_sensitive_tokens(run: Run, k: int = 15) -> pl.DataFrame:
+    """The most frequent context-sensitive tokens with their most frequent top cue (the context token with the
+    highest |score| for that step): token, top_cue, times; counted shard by shard."""
+    keys = ["token", "top_cue"]
+    counts: pl.DataFrame | None = None
+    for part in run.shards() if run.has_rows("context_cues") else []:
+        top = (
+            part.scan("context_cues")
+            .group_by("seq_id", "step")
+            .agg(
+                pl.col("token").first(), pl.col("context_token").sort_by(pl.col("score").abs(), descending=True).first()
+            )
+        )
+        shard_counts = _collect(top.rename({"context_token": "top_cue"}).group_by(keys).agg(pl.len().alias("times")))
+        both = shard_counts if counts is None else pl.concat([counts, shard_counts])
+        counts = both.group_by(keys).agg(pl.col("times").sum())
+    if counts is None:
+        return pl.DataFrame(schema={"token": pl.String, "top_cue": pl.String, "times": pl.UInt32})
+    return counts.sort("times", *keys, descending=[True, False, False]).head(k)

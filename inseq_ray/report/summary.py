@@ -14,6 +14,9 @@ def print_report(prefix: str) -> None:
     pl.Config.set_tbl_rows(8)
     pl.Config.set_fmt_str_lengths(40)
     run = data.open_run(prefix)
+    if data.is_context_run(run):
+        print_context(run)
+        return
     top, zeros = data.top_pairs_and_zero_steps(run, k=8)
     if top.height:
         print("\nMost frequent (generated token -> its top-attributed input token):")
@@ -42,3 +45,21 @@ def print_report(prefix: str) -> None:
                 return
             print(f"\nsequence {seq_id}, from {uri}:")
             out.show()
+
+
+def print_context(run: data.Run) -> None:
+    """Context mode: how many generated tokens were context-sensitive, and which, with their top cue."""
+    counts = data.context_counts(run)
+    share = counts["selected"] / counts["tokens"] if counts["tokens"] else 0.0
+    print(
+        f"\ncontext-sensitive tokens: {counts['selected']} of {counts['tokens']} generated ({share:.1%}); "
+        f"mean CTI score {counts['mean_cti']:.3f}"
+    )
+    top = data.context_sensitive_tokens(run, k=8)
+    if top.height:
+        print("Most frequent context-sensitive tokens and their top context cue:")
+        print(top)
+    errors = data.errors_by_reason(run)
+    if errors.height:
+        print("\nerrors by reason:")
+        print(errors)
