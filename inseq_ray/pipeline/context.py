@@ -58,14 +58,16 @@ class AttributeContext(Attribute):
             add_output_info=False,
         )
 
-    def _documents(self, documents: list[str]) -> list[int]:
-        """Per token of the joined context, the index of its document (token counts of growing prefixes)."""
+    def _documents(self, documents: list[str]) -> list[int | None]:
+        """Per token of the joined context, the index of its document, None for separator tokens (token counts of
+        growing prefixes)."""
         from inseq_ray.context.procedure import tokens_of
 
-        sep, out = self.cfg.document_separator, list[int]()
+        sep, out = self.cfg.document_separator, list[int | None]()
         for k in range(len(documents)):
-            count = len(tokens_of(self.model, sep.join(documents[: k + 1]), ()))
-            out += [k] * (count - len(out))
+            if k:
+                out += [None] * (len(tokens_of(self.model, sep.join(documents[:k]) + sep, ())) - len(out))
+            out += [k] * (len(tokens_of(self.model, sep.join(documents[: k + 1]), ())) - len(out))
         return out
 
 
