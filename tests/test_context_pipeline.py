@@ -138,3 +138,17 @@ def test_on_ray_the_tables_equal_the_local_run(tmp_path, model_dir, ray_local):
         for col in ("cti_score", "score"):
             if col in left.columns:
                 assert left[col].to_list() == pytest.approx(right[col].to_list(), rel=1e-4, abs=1e-7)
+
+
+def test_the_report_of_a_context_run(tmp_path, model_dir):
+    from inseq_ray.report import build_report
+
+    cfg = _cfg(tmp_path, model_dir)
+    run(cfg, progress=False)
+    index = build_report(cfg.output, tmp_path / "report", sample=3)
+    text = index.read_text()
+    assert "Context sensitivity" in text and "<svg" in text and "<script" not in text
+    pages = sorted((tmp_path / "report" / "seq").glob("*.html"))
+    assert len(pages) == 3 and all("class='sel'" in p.read_text() or "output:" in p.read_text() for p in pages)
+    selected = pl.read_parquet(f"{cfg.output}/tables/context_tokens/*.parquet").filter(pl.col("selected"))
+    assert f"{selected.height:,} (" in text  # the card counts the selected tokens

@@ -39,6 +39,14 @@ def render_text(out: AttributeContextOutput, std_weight: float | None = 1.0, top
 
 def render_html(out: AttributeContextOutput, std_weight: float | None = 1.0, topk: int | None = None) -> str:
     """A self-contained page (no scripts, no URLs) with the same content as :func:`render_text`."""
+    style = "body{font-family:sans-serif;margin:2em}.sel{background:#fd8;font-weight:bold}td{padding:2px 8px}"
+    return f"<!doctype html><meta charset='utf-8'><title>context reliance</title><style>{style}</style>" + html_body(
+        out, std_weight, topk
+    )
+
+
+def html_body(out: AttributeContextOutput, std_weight: float | None = 1.0, topk: int | None = None) -> str:
+    """The page's content: the output with its context-sensitive tokens marked (class ``sel``), their cues."""
     picked = {c.cti_idx for c in out.cci_scores}
     spans = "".join(
         f"<span class='{'sel' if i in picked else ''}' title='CTI {s:.4g}'>{html.escape(_clean(t))}</span>"
@@ -52,10 +60,8 @@ def render_html(out: AttributeContextOutput, std_weight: float | None = 1.0, top
         + "</td></tr>"
         for c in out.cci_scores
     )
-    style = "body{font-family:sans-serif;margin:2em}.sel{background:#fd8;font-weight:bold}td{padding:2px 8px}"
     context = html.escape(out.input_context or "")
     return (
-        f"<!doctype html><meta charset='utf-8'><title>context reliance</title><style>{style}</style>"
         f"<p><b>input context:</b> {context}</p><p><b>output:</b> {spans}</p>"
         f"<table><tr><th>token</th><th>CTI</th><th>cues</th></tr>{rows}</table>"
     )

@@ -25,6 +25,10 @@ def build_report(run_url: str, output: str | os.PathLike, sample: int = 20, ids:
     run = data.open_run(run_url)
     out = Path(output)
     (out / "seq").mkdir(parents=True, exist_ok=True)
+    if data.is_context_run(run):
+        from inseq_ray.report.context import build_context_report
+
+        return build_context_report(run, out, sample)
     least = data.least_sure(run)
     picked = data.sample_sequences(run, sample, list(ids or []))
     if not least.is_empty():  # the least sure records get pages too

@@ -339,3 +339,16 @@ def context_sensitive_tokens(run: Run, k: int = 15) -> pl.DataFrame:
     if counts is None:
         return pl.DataFrame(schema={"token": pl.String, "top_cue": pl.String, "times": pl.UInt32})
     return counts.sort("times", *keys, descending=[True, False, False]).head(k)
+
+
+def cti_histogram(run: Run) -> pl.DataFrame:
+    """(left, right, count) of every generated token's CTI score over 0 .. its observed maximum (streaming)."""
+    top = _collect(run.scan("context_tokens").select(pl.col("cti_score").abs().max())).item() or 1.0
+    return histogram(run.scan("context_tokens").select(pl.col("cti_score").abs()), "cti_score", 0.0, float(top))
+
+
+def context_records(run: Run, n: int) -> pl.DataFrame:
+    """The ``n`` records with the most context-sensitive tokens (ties: smallest seq_id), for pages."""
+    cols = ("seq_id", "source_text", "target_text", "n_tokens", "n_context_sensitive", "context_share")
+    q = run.scan("sequences").select(*cols).sort("n_context_sensitive", "seq_id", descending=[True, False])
+    return _collect(q.head(n))
