@@ -36,7 +36,6 @@ class AttributeContext(Attribute):
         for record, out in zip(records, outs, strict=True):
             record.generated = record.target is None
             record.generated_text = out.output_current
-            record.batch_size = len(records)
             if isinstance(record.context, list):  # documents: which one each input-context token comes from
                 out.info = {**(out.info or {}), "input_context_documents": self._documents(record.context)}
         yield Attributed(results=list(zip(records, outs, strict=True)), seconds=time.perf_counter() - start)
