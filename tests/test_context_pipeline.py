@@ -119,6 +119,8 @@ def test_context_settings_leave_other_runs_fingerprints_alone_and_clashes_are_on
     )
     with pytest.raises(ValueError, match="--context-column cannot be combined with --contrast-column"):
         _cfg(tmp_path, model_dir, contrast_column="c").validate()
+    with pytest.raises(ValueError, match="cannot be combined with --step-scores, --max-batch-tokens .context mode"):
+        _cfg(tmp_path, model_dir, step_scores=["entropy"], max_batch_tokens=100).validate()
     text = tmp_path / "plain.txt"
     text.write_text("a line\n")
     with pytest.raises(ValueError, match="plain-text files have no column for --context-column"):

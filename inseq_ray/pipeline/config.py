@@ -211,8 +211,18 @@ class PipelineConfig:
         clashes = [flag for flag, on in (("--contrast-column", self.contrast_column),
                    ("--contrast-source-column", self.contrast_source_column), ("--save-granular", self.save_granular))
                    if on]  # fmt: skip
-        if clashes:
-            raise ValueError(f"--context-column cannot be combined with {', '.join(clashes)}.")
+        unused = [flag for flag, on in (("--step-scores", self.step_scores != ["probability"]),
+                  ("--aggregate-fn", self.aggregate_fn != "vnorm"), ("--no-normalize", not self.normalize),
+                  ("--max-batch-tokens", self.max_batch_tokens is not None)) if on]  # fmt: skip
+        if clashes or unused:
+            raise ValueError(
+                f"--context-column cannot be combined with {', '.join(clashes + unused)}"
+                + (
+                    " (context mode scores tokens by the CTI metric and cues by the method's default aggregation)."
+                    if unused
+                    else "."
+                )
+            )
         if "{context}" not in self.input_template or "{current}" not in self.input_template:
             raise ValueError(f"--input-template {self.input_template!r} needs both {{context}} and {{current}}.")
         if self.input_format == "text":
