@@ -193,3 +193,14 @@ def test_argument_errors_are_one_line_before_the_model_loads(argv, message, caps
     assert main(["attribute-context", "-m", "/nonexistent", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_rescaled_cues_are_the_raw_ones_over_the_steps_largest_score(gpt2):
+    kw = {"input_context_text": CTX, "input_current_text": CUR, "output_current_text": OUT}
+    raw = attribute_context(gpt2, ContextArgs(**kw)).cci_scores
+    rescaled = attribute_context(gpt2, ContextArgs(**kw, rescale_attributions=True)).cci_scores
+    assert raw and [c.cti_idx for c in raw] == [c.cti_idx for c in rescaled]
+    for a, b in zip(raw, rescaled, strict=True):
+        ratios = [y / x for x, y in zip(a.input_context_scores, b.input_context_scores, strict=True)]
+        assert max(ratios) == pytest.approx(min(ratios), rel=1e-4) and max(ratios) > 1  # one factor per step
+        assert max(abs(v) for v in b.input_context_scores) <= 1 + 1e-6

@@ -36,6 +36,7 @@ class ContextArgs:
     special_tokens_to_keep: list[str] = field(default_factory=list)
     decoder_input_output_separator: str = " "
     normalize_attributions: bool = False
+    rescale_attributions: bool = False
     add_output_info: bool = True
 
     def __post_init__(self) -> None:

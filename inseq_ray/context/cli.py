@@ -33,6 +33,7 @@ HELP = {
     "special_tokens_to_keep": "special tokens kept in texts and tokens (e.g. <brk>)",
     "decoder_input_output_separator": "decoder-only: what joins input and output (default a space)",
     "normalize_attributions": "normalise each step's scores to sum to 1 before reading the context's",
+    "rescale_attributions": "divide each step's scores by their largest |score| before reading the context's",
     "add_output_info": "store the arguments in the output's info",
 }
 
@@ -48,6 +49,8 @@ def add_context_parser(sub) -> None:
                    help="hub id, local folder or toy:<name>")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="model dtype")
+    p.add_argument("--model_kwargs", "--model-kwargs", dest="model_kwargs", type=json.loads, default={},
+                   metavar="JSON", help="from_pretrained() arguments as JSON")  # fmt: skip
     from inseq_ray.context.args import ContextArgs
 
     for f in dataclasses.fields(ContextArgs):
@@ -103,7 +106,7 @@ def run_context(args: argparse.Namespace) -> int:
     import inseq_ray
 
     model = inseq_ray.load_model(args.model_name_or_path, example.attribution_method, device=args.device,
-                                 dtype=args.dtype)  # fmt: skip
+                                 dtype=args.dtype, **args.model_kwargs)  # fmt: skip
     out = attribute_context(model, example)
     assert not isinstance(out, list)
     if out.info is not None:

@@ -262,7 +262,7 @@ def _cci(am: AttributionModel, cues: list[Cue], batch_size: int | None) -> list[
 def _setting(item: tuple[int, Cue]) -> tuple:
     a = item[1].example.args
     return a.attribution_method, a.attributed_fn, json.dumps(a.attribution_kwargs, sort_keys=True), \
-        a.normalize_attributions, a.has_output_context, item[1].force, item[1].contextless_output is None  # fmt: skip
+        a.normalize_attributions, a.rescale_attributions, a.has_output_context, item[1].force, item[1].contextless_output is None  # fmt: skip
 
 
 def _cue(am: AttributionModel, ex: Example, selected: Selected, current: list[str]) -> Cue:
@@ -332,7 +332,7 @@ def _attribute_cues(am: AttributionModel, cues: list[Cue], batch_size: int | Non
         **kwargs,
         **a.attribution_kwargs,
     )
-    return out.aggregate(normalize=a.normalize_attributions).sequence_attributions
+    return out.aggregate(normalize=a.normalize_attributions, rescale=a.rescale_attributions).sequence_attributions
 
 
 def context_scores(
