@@ -83,7 +83,7 @@ def test_ray_job_submit_of_the_shipped_entrypoint(tmp_path):
         submit = [str(ray_cli), "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
                   "--", "python", "jobs/attribute_dataset.py", "--config", "jobs/configs/example.yaml",
                   "--output", str(out), "--quiet"]  # fmt: skip
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 600  # a safety net only: the loop ends on the agent's answer
         while True:  # the dashboard answers before its job agent is up (slow on a loaded machine): wait for it
             job = subprocess.run(submit, check=False, env=env, capture_output=True, text=True, timeout=600)
             if "No available agent" not in job.stdout + job.stderr or time.monotonic() > deadline:
