@@ -68,6 +68,13 @@ def test_ray_job_submit_of_the_shipped_entrypoint(tmp_path):
         "--num-cpus=4",
         f"--port={gcs}",
         f"--dashboard-port={dash}",
+        # the agents' default ports are taken by any other Ray on the machine (the suite's in-process one): a
+        # head that cannot bind them never gets a job agent ("No available agent")
+        f"--dashboard-agent-listen-port={_port()}",
+        f"--dashboard-agent-grpc-port={_port()}",
+        f"--runtime-env-agent-port={_port()}",
+        f"--metrics-export-port={_port()}",
+        f"--ray-client-server-port={_port()}",
         "--dashboard-host=127.0.0.1",
         "--include-dashboard=true",
         "--disable-usage-stats",
