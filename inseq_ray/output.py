@@ -161,6 +161,18 @@ class FeatureAttributionSequenceOutput:
         """Write this sequence's PNG heatmap to ``path``; returns ``[path]``."""
         return FeatureAttributionOutput([self]).plot(path, **kwargs)
 
+    def decode_tokens(self, tokenizer) -> FeatureAttributionSequenceOutput:
+        """Each token's text replaced by ``tokenizer.decode([id])`` (readable byte-level tokens: Qwen, GPT-2's
+        ``Ġ``), ids kept; in place, as Inseq does; returns the sequence."""
+        self.source = [TokenWithId(tokenizer.decode([t.id]), t.id) if t.id >= 0 else t for t in self.source]
+        self.target = [TokenWithId(tokenizer.decode([t.id]), t.id) if t.id >= 0 else t for t in self.target]
+        return self
+
+    def get_scores_dicts(self, aggregate_fn=None, do_aggregation: bool = True, **kwargs: Any) -> dict[str, dict]:
+        """This sequence's ``source_attributions``, ``target_attributions``, ``step_scores`` dicts (Inseq's
+        per-sequence method; aggregated first by default)."""
+        return FeatureAttributionOutput([self]).get_scores_dicts(aggregate_fn, do_aggregation, **kwargs)[0]
+
     def get_scores_dict(self) -> dict[str, dict]:
         """Nested dicts keyed by (index, token) that ``pandas.DataFrame`` turns into matrices."""
         steps = [(self.attr_pos_start + i, tok.token) for i, tok in enumerate(self.generated)]
@@ -211,6 +223,12 @@ class FeatureAttributionOutput:
         """Weight every sequence's scores by a step score, in place as Inseq does; returns the output."""
         for seq in self.sequence_attributions:
             seq.weight_attributions(step_score)
+        return self
+
+    def decode_tokens(self, tokenizer) -> FeatureAttributionOutput:
+        """:meth:`FeatureAttributionSequenceOutput.decode_tokens` for every sequence; returns the output."""
+        for seq in self.sequence_attributions:
+            seq.decode_tokens(tokenizer)
         return self
 
     def get_scores_dicts(self, aggregate_fn=None, do_aggregation: bool = True, **kwargs: Any) -> list[dict]:

@@ -114,3 +114,27 @@ def test_inseq_files_load_here_with_equal_values(inseq_outputs, key, layout, tmp
     assert loaded[0].attribution_dims == expected
     agg = loaded[0].aggregate()  # our aggregation runs on Inseq's data
     assert agg.attribution_dims == () and agg.target_attributions.shape[:2] == loaded[0].target_attributions.shape[:2]
+
+
+def test_decode_tokens_and_per_sequence_scores_dicts_equal_inseqs(gpt2, tmp_path):
+    """Inseq's ``decode_tokens`` (readable byte-level tokens, ids kept) and per-sequence ``get_scores_dicts`` on the
+    same output (ours saved in Inseq's format and loaded by Inseq)."""
+    out = gpt2.attribute([PROMPT, "a dog"], [TEXT, "a dog runs home"], step_scores=["probability"],
+                         show_progress=False)  # fmt: skip
+    (path,) = out.save(str(tmp_path / "out.json"), format="inseq")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = inseq.FeatureAttributionOutput.load(path)
+    for i, seq in enumerate(out):
+        ours_dicts, their_dicts = seq.get_scores_dicts(), theirs.sequence_attributions[i].get_scores_dicts()
+        assert ours_dicts.keys() == their_dicts.keys()
+        for name in ours_dicts:
+            assert ours_dicts[name].keys() == their_dicts[name].keys(), name
+            for col, cells in ours_dicts[name].items():
+                assert cells == pytest.approx(their_dicts[name][col], rel=1e-5, abs=1e-7, nan_ok=True), (name, col)
+    raw = [t.token for t in out[0].target]
+    assert out.decode_tokens(gpt2.tokenizer) is out and theirs.decode_tokens(gpt2.tokenizer) is theirs
+    for i, seq in enumerate(out):
+        mine = [(t.token, t.id) for t in seq.source + seq.target]
+        assert mine == [(t.token, t.id) for t in theirs[i].source + theirs[i].target]
+    assert any(r.startswith("Ġ") for r in raw) and not any(t.token.startswith("Ġ") for t in out[0].target)
