@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 # argument errors do not import torch and transformers (seconds) before they are needed.
 _EXPORTS = {
     "list_aggregation_functions": "inseq_ray.aggregation",
+    "explain": "inseq_ray.identifiers",
+    "list_aggregators": "inseq_ray.identifiers",
     "register_aggregation_function": "inseq_ray.aggregation",
     "AttributionModel": "inseq_ray.attribution_model",
     "attribute_context": "inseq_ray.context.procedure",
@@ -44,6 +46,7 @@ if TYPE_CHECKING:  # the names as a type checker (and an IDE) sees them
         Reason,
         UnknownIdError,
     )
+    from inseq_ray.identifiers import explain, list_aggregators
     from inseq_ray.methods import list_feature_attribution_methods, register_attribution_method
     from inseq_ray.models.families import ModelConfig, register_model_config
     from inseq_ray.output import (
@@ -84,7 +87,9 @@ __all__ = [
     "TokenWithId",
     "UnknownIdError",
     "attribute_context",
+    "explain",
     "list_aggregation_functions",
+    "list_aggregators",
     "list_feature_attribution_methods",
     "list_step_functions",
     "load_model",

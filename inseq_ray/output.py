@@ -78,7 +78,8 @@ class FeatureAttributionSequenceOutput:
         (merge each word's tokens; ``special_chars``, ``is_suffix_symbol``, ``aggregate_source``,
         ``aggregate_target``) or ``"spans"`` (``source_spans``, ``target_spans``: ``(start, end)`` pairs, end
         exclusive), which first apply the default reduction and then merge with ``aggregate_fn`` (default
-        ``absmax``; step scores with Inseq's per-score functions, e.g. ``prod`` for probabilities).
+        ``absmax``; step scores with Inseq's per-score functions, e.g. ``prod`` for probabilities); ``"scores"``
+        (Inseq's name of the default aggregator) is the default reduction.
 
         ``normalize`` (default: on for gradient outputs, off for attention weights, which are
         distributions already) makes each step's source + target scores sum to 1. For attention
@@ -87,6 +88,7 @@ class FeatureAttributionSequenceOutput:
         """
         if aggregator in ("subwords", "spans"):
             return self._merge_tokens(aggregator, aggregate_fn, normalize, rescale, **fn_kwargs)
+        aggregator = None if aggregator == "scores" else aggregator
         if aggregator is not None and aggregate_fn is not None:
             raise ValueError(f"aggregator={aggregator!r} is a function id: give it or aggregate_fn, not both.")
         aggregate_fn = aggregator if aggregator is not None else aggregate_fn

@@ -347,3 +347,25 @@ def test_register_a_custom_method(bart):
         assert torch.allclose(ours.source_attributions.abs(), 2 * sal.source_attributions, atol=1e-7)
     finally:
         METHODS.pop("signed_grad_test", None)
+
+
+def test_explain_prints_each_registrys_own_documentation_and_every_aggregator_works(gpt2, capsys):
+    from inseq_ray.aggregation import AGGREGATION_FUNCTIONS
+    from inseq_ray.errors import UnknownIdError
+    from inseq_ray.methods import METHODS
+    from inseq_ray.step_scores import STEP_FUNCTIONS
+
+    for id_, obj in (("integrated_gradients", METHODS["integrated_gradients"].fn),
+                     ("pcxmi", STEP_FUNCTIONS["pcxmi"]), ("absmax", AGGREGATION_FUNCTIONS["absmax"])):  # fmt: skip
+        inseq.explain(id_)
+        assert capsys.readouterr().out.strip() == obj.__doc__.strip(), id_
+    with pytest.raises(UnknownIdError, match="Unknown identifier 'bogus'. Valid ids: .*saliency.*subwords"):
+        inseq.explain("bogus")
+    out = gpt2.attribute("the cat sees a bird", "the cat sees a bird and the dog", show_progress=False)
+    kwargs = {"spans": {"source_spans": (0, 2)}}
+    for name in inseq.list_aggregators():
+        inseq.explain(name)
+        assert capsys.readouterr().out.strip()
+        assert out.aggregate(name, **kwargs.get(name, {}))[0].attribution_dims == ()
+    assert torch.equal(out.aggregate("scores")[0].target_attributions.nan_to_num(),
+                       out.aggregate()[0].target_attributions.nan_to_num())  # fmt: skip
