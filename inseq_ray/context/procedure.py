@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from inseq_ray.context.args import ContextArgs
 from inseq_ray.context.output import AttributeContextOutput, CCIOutput
 from inseq_ray.context.texts import Selected, concat_with_sep, format_template, select, split_generated
@@ -164,9 +166,8 @@ def _generate(am: AttributionModel, plans: list[tuple[int, Plan]]) -> dict[int, 
     return out
 
 
-def _decoder_prefix(am: AttributionModel, prefix: str, rows: int):
-    import torch
-
+def _decoder_prefix(am: AttributionModel, prefix: str, rows: int) -> torch.Tensor:
+    """(rows, 1 + P) decoder inputs: the decoder start, then ``prefix``'s target tokens (no EOS)."""
     ids = am.tokenizer(text_target=prefix, add_special_tokens=False)["input_ids"]
     start = am.decoder_start()
     return torch.tensor([[start, *ids]] * rows, device=am.device)

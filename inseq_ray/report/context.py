@@ -11,10 +11,8 @@ from pathlib import Path
 
 from inseq_ray.context.output import AttributeContextOutput
 from inseq_ray.context.viz import html_body
-from inseq_ray.report import charts, data
+from inseq_ray.report import SEQ_ID, charts, data
 from inseq_ray.report import html as h
-
-SEQ_ID_CHARS = set("0123456789abcdef")
 
 
 def build_context_report(run: data.Run, out: Path, sample: int) -> Path:
@@ -22,7 +20,7 @@ def build_context_report(run: data.Run, out: Path, sample: int) -> Path:
     picked = data.context_records(run, sample)
     links: dict[str, str] = {}
     for seq_id in picked["seq_id"].to_list():
-        if isinstance(seq_id, str) and len(seq_id) == 20 and set(seq_id) <= SEQ_ID_CHARS:  # the run's own form
+        if isinstance(seq_id, str) and SEQ_ID.match(seq_id):  # the run's own form: nothing else becomes a path
             (out / f"seq/{seq_id}.html").write_text(_page(run, seq_id), encoding="utf-8")
             links[seq_id] = f"seq/{seq_id}.html"
     index = out / "index.html"
