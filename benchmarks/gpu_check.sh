@@ -24,3 +24,9 @@ q=$(( n / 4 > 0 ? n / 4 : 1 ))
 run --model $model --method occlusion --batch-size 32 --sentences "$q" --naive-sentences 2
 run --model $model --method value_zeroing --batch-size 32 --sentences "$q" --naive-sentences 0
 run --model $model --method value_zeroing --batch-size 32 --sentences "$q" --naive-sentences 0 --patterns-per-forward 1
+# a model spread over every GPU (one GPU: half of it offloaded to CPU memory) equals the model on one device
+PYTHONUNBUFFERED=1 python3 benchmarks/placement_check.py --model $model --sentences "${SMOKE:+4}${SMOKE:-16}" 2>&1 \
+  | grep -v Warning | tee -a "$OUT/gpu_bench.txt"
+# half precision next to fp32 (top-1 agreement, Spearman), and the plain float16 backward the engine's scaling avoids
+PYTHONUNBUFFERED=1 python3 benchmarks/precision_bench.py --model $model --sentences "${SMOKE:+2}${SMOKE:-16}" 2>&1 \
+  | grep -v Warning | tee -a "$OUT/gpu_bench.txt"

@@ -19,7 +19,7 @@ from inseq_ray.baselines import baseline_ids
 from inseq_ray.batching import plan_batches
 from inseq_ray.errors import InputError, NonFiniteAttributionError
 from inseq_ray.methods import get_method_spec
-from inseq_ray.models import loading
+from inseq_ray.models import loading, placement
 from inseq_ray.models.adapter import ModelAdapter
 from inseq_ray.models.encoding import (
     EncodedBatch,
@@ -155,19 +155,29 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     trust_remote_code: bool = False,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
     **model_kwargs: Any,
 ) -> AttributionModel:
     """Load a seq2seq or causal LM (hub id, local path, ``toy:<name>`` or model object) for attribution.
 
-    ``dtype="bf16"``/``"fp16"`` runs the model in half precision; attributions accumulate in float32.
+    ``dtype="bf16"``/``"fp16"`` runs the model in half precision; attributions accumulate in float32 (float16
+    gradients are scaled so that small probabilities do not underflow). ``device_map``/``max_memory`` spread a
+    model over several devices (or offload layers) through accelerate, as ``from_pretrained`` takes them;
+    ``load_in_8bit``/``load_in_4bit``/``quantization_config`` load bitsandbytes-quantized weights (CUDA only).
     The adapter's conformance check runs here (see :mod:`inseq_ray.models.adapter`).
     """
+    if device is not None and device_map is not None:
+        raise InputError(
+            f"device={device!r} and device_map={device_map!r}: give one (a device_map places every module)."
+        )
     model = loading.resolve_model_ref(model)
     hf_model = loading.load_hf_model(
         model,
         device=loading.resolve_device(device),
         dtype=loading.resolve_dtype(dtype),
         trust_remote_code=trust_remote_code,
+        **placement.device_map_kwargs(device_map, max_memory),
         **model_kwargs,
     )
     tok = loading.load_tokenizer(model, tokenizer, trust_remote_code)

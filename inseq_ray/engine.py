@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -209,10 +210,10 @@ class MethodContext:
         with torch.no_grad():
             with captured(site) as seen:
                 self.adapter.states(self.forward_inputs({}, 1))
-            at_input = check_activation(site, seen, b.size, length)
+            at_input = check_activation(site, seen, b.size, length).to(self.adapter.device)
             with captured(site) as seen:
                 self.adapter.states(self.forward_inputs({k: self.baselines[k] for k in self.attributed}, 1))
-            at_baseline = check_activation(site, seen, b.size, length)
+            at_baseline = check_activation(site, seen, b.size, length).to(self.adapter.device)
         return self.derive(
             site=site,
             attributed=(site.side,),
@@ -242,9 +243,11 @@ class MethodContext:
         plan = self.plan.repeat(r)
         combined: dict[str, list[torch.Tensor]] = {n: [] for n in names}
 
-        def keep(step_grads: tuple[torch.Tensor, ...]) -> None:  # combine each step at once: (R*B, ...) -> (B, ...)
+        def keep(step_grads: tuple[torch.Tensor, ...], t: int, scales: torch.Tensor) -> None:
+            """Step t's gradients (R*B, ...), their cotangents scaled by ``scales[:, t]`` -> combined (B, ...)."""
             for n, g in zip(names, step_grads, strict=True):
-                combined[n].append(combine(n, g.float()))
+                g = g.float() / scales[:, t].view(-1, *[1] * (g.dim() - 1))
+                combined[n].append(combine(n, g))
 
         input_rows = []
         for t0, t1 in self.step_blocks():
@@ -254,30 +257,44 @@ class MethodContext:
                 states = self.states(leaves, r, length)  # (RB, L', H)
                 rows = gather_rows(states, sub.positions - 1)  # (RB, T', H)
                 input_rows.append(rows[: self.batch.size].detach())
-                row_cot = self._row_cotangents(rows.detach(), sub, t0)  # (RB, T', H)
-                self._vjps(states, [leaves[n] for n in names], sub, row_cot, keep)
+                row_cot, scales = self._row_cotangents(rows.detach(), sub, t0)  # (RB, T', H), (RB, T')
+                self._vjps(states, [leaves[n] for n in names], sub, row_cot, partial(keep, scales=scales))
             del states, rows
         if at_input:
             self._input_rows = torch.cat(input_rows, dim=1)
         return {n: torch.stack(v) for n, v in combined.items()}
 
-    def _row_cotangents(self, rows: torch.Tensor, plan: StepPlan, t0: int = 0) -> torch.Tensor:
-        """d f / d row for every (row, step): one backward through the head, chunked over rows.
+    def _row_cotangents(self, rows: torch.Tensor, plan: StepPlan, t0: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """d f / d row for every (row, step), and the scale each was multiplied by: one backward through the head,
+        chunked over rows.
 
-        rows: (RB, T', H) for steps t0..t0+T'-1 of R stacked copies of the batch.
+        rows: (RB, T', H) for steps t0..t0+T'-1 of R stacked copies of the batch -> cotangents (RB, T', H) in the
+        rows' dtype and scales (RB, T') float32. The attributed function and d f / d logits are computed in float32;
+        in float16, each cell's logit gradient is scaled by a power of two that brings its largest entry to [1, 2)
+        before it enters the model (a probability near 2e-5 would otherwise underflow float16 on the way back to the
+        inputs); :meth:`run` divides the scale out in float32. Other dtypes have the range: scale 1.
         """
         flat = rows.flatten(0, 1)  # (RB*T', H)
         out = torch.zeros_like(flat, dtype=torch.float32)
+        scales = torch.ones(flat.shape[0], device=flat.device, dtype=torch.float32)
         for sl, leaf_rows, args_of in self._head_chunks(flat, plan, rows.shape[1], t0):
             leaf = leaf_rows.detach().requires_grad_(True)
-            f = self.fn(args_of(leaf), **self.fn_kwargs)
+            logits = self.adapter.head(leaf)  # (N, V) in the model's dtype
+            wide = logits.detach().float().requires_grad_(True)
+            f = self.fn(args_of(wide), **self.fn_kwargs)
             f = torch.where(plan.valid.flatten()[sl], f, torch.zeros_like(f))
-            (out[sl],) = torch.autograd.grad(f.sum(), leaf)
-        out = torch.where(plan.valid.flatten()[:, None], out, torch.zeros_like(out))  # empty cells: 0, even NaN
-        return out.view_as(rows).to(rows.dtype)
+            (d_logits,) = torch.autograd.grad(f.sum(), wide)  # (N, V) float32
+            d_logits = torch.nan_to_num(d_logits, nan=0.0, posinf=0.0, neginf=0.0)
+            if logits.dtype == torch.float16:
+                scales[sl] = underflow_scale(d_logits)
+            (row_grad,) = torch.autograd.grad(logits, leaf, (d_logits * scales[sl, None]).to(logits.dtype))
+            out[sl] = row_grad.float()
+        valid = plan.valid.flatten()
+        out = torch.where(valid[:, None], out, torch.zeros_like(out))  # empty cells: 0, even NaN
+        return out.view_as(rows).to(rows.dtype), scales.view(rows.shape[:2])
 
     def _head_chunks(self, flat: torch.Tensor, plan: StepPlan, steps: int, t0: int = 0):
-        """Yield (slice, rows (N, H), rows -> StepFunctionArgs) over chunks of ``flat`` (RB*T', H) cell rows, so
+        """Yield (slice, rows (N, H), logits (N, V) -> StepFunctionArgs) over chunks of ``flat`` (RB*T', H) cell rows, so
         that at most HEAD_CHUNK_ELEMENTS logits exist at once."""
         tgt = plan.target_ids.flatten()
         chunk = max(1, HEAD_CHUNK_ELEMENTS // max(1, self.vocab_size))
@@ -285,8 +302,8 @@ class MethodContext:
             sl = slice(s, min(s + chunk, flat.shape[0]))
             contrast, extras = self._cell_data(torch.arange(sl.start, sl.stop, device=flat.device), steps, t0)
 
-            def args_of(rows: torch.Tensor, sl=sl, contrast=contrast, extras=extras) -> StepFunctionArgs:
-                return StepFunctionArgs(self.adapter.head(rows), tgt[sl], contrast, True, extras)
+            def args_of(logits: torch.Tensor, sl=sl, contrast=contrast, extras=extras) -> StepFunctionArgs:
+                return StepFunctionArgs(logits, tgt[sl], contrast, True, extras)
 
             yield sl, flat[sl], args_of
 
@@ -294,8 +311,9 @@ class MethodContext:
         """Step-function data of flat cell indices ``k`` (N,) over (R*B, steps) rows starting at step ``t0``."""
         return self.step_context.rows(((k // steps) % self.batch.size, t0 + k % steps))
 
-    def _vjps(self, states, leaves, plan, row_cot, keep: Callable[[tuple], None]) -> None:
-        """T VJPs from the state rows back to the leaves (a loop, or one vmapped call); ``keep`` gets each."""
+    def _vjps(self, states, leaves, plan, row_cot, keep: Callable[[tuple, int], None]) -> None:
+        """T VJPs from the state rows back to the leaves (a loop, or one vmapped call); ``keep`` gets each with its
+        step index."""
         t_steps = plan.positions.shape[1]
         idx = torch.arange(states.shape[0], device=states.device)
         pos = (plan.positions - 1).clamp(min=0)  # (RB, T)
@@ -305,12 +323,12 @@ class MethodContext:
                 cot[t, idx, pos[:, t]] = row_cot[:, t]
             grads = torch.autograd.grad(states, leaves, cot, is_grads_batched=True)
             for t in range(t_steps):
-                keep(tuple(g[t] for g in grads))
+                keep(tuple(g[t] for g in grads), t)
             return
         for t in range(t_steps):
             cot = torch.zeros_like(states)
             cot[idx, pos[:, t]] = row_cot[:, t]
-            keep(torch.autograd.grad(states, leaves, cot, retain_graph=t < t_steps - 1))
+            keep(torch.autograd.grad(states, leaves, cot, retain_graph=t < t_steps - 1), t)
 
     @property
     def vocab_size(self) -> int:
@@ -353,9 +371,17 @@ class MethodContext:
         rows = gather_rows(self.states(embeds, r), plan.positions - 1).flatten(0, 1)  # (RB*T, H)
         values = torch.empty(rows.shape[0], device=rows.device, dtype=torch.float32)
         for sl, chunk_rows, args_of in self._head_chunks(rows, plan, plan.positions.shape[1]):
-            values[sl] = self.fn(args_of(chunk_rows), **self.fn_kwargs).float()
+            values[sl] = self.fn(args_of(self.adapter.head(chunk_rows)), **self.fn_kwargs).float()
         values = values.view(plan.valid.shape)
         return torch.where(plan.valid, values, torch.zeros_like(values))
+
+
+def underflow_scale(d_logits: torch.Tensor) -> torch.Tensor:
+    """(N, V) float32 logit gradients -> (N,) powers of two bringing each row's largest magnitude to [1, 2) (1 for
+    an all-zero row): exact to divide out, and far from float16's limits (6e-8 .. 65504) on the way back."""
+    peak = d_logits.abs().amax(dim=-1)  # (N,)
+    exponent = torch.floor(torch.log2(peak.clamp(min=1e-30)))
+    return torch.where(peak > 0, torch.exp2(-exponent), torch.ones_like(peak))
 
 
 def _embed(adapter: ModelAdapter, source_ids: torch.Tensor | None, target_ids: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -53,7 +53,7 @@ def value_zeroing(
     with torch.no_grad():
         with patched_blocks(list(blocks)[:-1], None, time_first) as clean:  # recorded only
             final = adapter.last_hidden_states(ctx.forward_inputs({}, 1))  # (B, L, H')
-        clean_rows = [gather_rows(h, rows).double() for h in [*clean, final]]  # n_layers x (B, T, H)
+        clean_rows = [gather_rows(h.to(rows.device), rows).double() for h in [*clean, final]]  # n_layers x (B, T, H)
         out = {}
         for name in ctx.attributed:
             kind, selection = (
@@ -111,7 +111,7 @@ def _corrupted_rows(ctx, blocks, clean, sites, heads, positions, rows, time_firs
     with zeroed(sites, heads, positions, b, time_first), patched_blocks(blocks[:-1], repeated, time_first) as seen:
         final = ctx.adapter.last_hidden_states(ctx.forward_inputs({}, r))
     rep_rows = rows.repeat(r, 1)
-    return [gather_rows(h, rep_rows).double().view(r, b, rows.shape[1], -1) for h in [*seen, final]]
+    return [gather_rows(h.to(rows.device), rep_rows).double().view(r, b, rows.shape[1], -1) for h in [*seen, final]]
 
 
 def _distance(clean: torch.Tensor, corrupted: torch.Tensor, metric: str) -> torch.Tensor:

@@ -34,6 +34,7 @@ from torch import nn
 
 from inseq_ray.errors import ModelConformanceError
 from inseq_ray.models.families import ModelConfig, family_config, known_names
+from inseq_ray.models.placement import input_device
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -97,25 +98,27 @@ class ModelAdapter:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where the engine's tensors live: the input embedding's device (see :mod:`inseq_ray.models.placement`)."""
+        return input_device(self.model)
 
     # ---- forward -----------------------------------------------------------------------------
     def states(self, inputs: ForwardInputs) -> torch.Tensor:
-        """(B, L, H) rows that predict the next target token (or (B, L, V) logits in full mode)."""
+        """(B, L, H) rows that predict the next target token (or (B, L, V) logits in full mode), on the input
+        device (a dispatched model's last layer may live elsewhere)."""
         with self._substituted(inputs):
             if self.mode == "split":
-                return self.model.base_model(**self._model_kwargs(inputs)).last_hidden_state
-            return self.model(**self._model_kwargs(inputs)).logits
+                return self.model.base_model(**self._model_kwargs(inputs)).last_hidden_state.to(self.device)
+            return self.model(**self._model_kwargs(inputs)).logits.to(self.device)
 
     def head(self, rows: torch.Tensor) -> torch.Tensor:
         """(N, H) state rows -> (N, V) next-token logits (identity in full mode)."""
         if self.mode == "full":
             return rows
-        logits = self.model.get_output_embeddings()(rows)
+        logits = self.model.get_output_embeddings()(rows).to(rows.device)
         for name in _named(self.family.logits_bias, "logits_bias"):
             bias = getattr(self.model, name, None)
             if isinstance(bias, torch.Tensor):
-                logits = logits + bias.reshape(-1)[: logits.shape[-1]]
+                logits = logits + bias.reshape(-1)[: logits.shape[-1]].to(logits.device)
         config = self.model.config.get_text_config()
         for name in _named(self.family.logit_softcap_field, "logit_softcap_field"):
             cap = getattr(config, name, None)
@@ -129,12 +132,18 @@ class ModelAdapter:
         with self._substituted(inputs):
             model = self.model.base_model if self.mode == "split" else self.model
             out = model(**self._model_kwargs(inputs), output_hidden_states=True)
-        return (out.decoder_hidden_states if self.is_encoder_decoder else out.hidden_states)[-1]
+        return (out.decoder_hidden_states if self.is_encoder_decoder else out.hidden_states)[-1].to(self.device)
 
     def attention_forward(self, inputs: ForwardInputs) -> Any:
-        """One forward from ids returning attention weights (model output with ``*attentions``)."""
+        """One forward from ids returning attention weights (model output with ``*attentions``, each layer's
+        weights and the logits on the input device)."""
         with eager_attention(self.model), self._substituted(inputs):
-            return self.model(**self._model_kwargs(inputs), output_attentions=True)
+            out = self.model(**self._model_kwargs(inputs), output_attentions=True)
+        for name in ("attentions", "decoder_attentions", "cross_attentions"):
+            if getattr(out, name, None) is not None:
+                setattr(out, name, tuple(a.to(self.device) for a in getattr(out, name)))
+        out.logits = out.logits.to(self.device)
+        return out
 
     def _model_kwargs(self, inputs: ForwardInputs) -> dict:
         if self.is_encoder_decoder:
@@ -281,7 +290,7 @@ def substitute_embeddings(
         for i, (want, embeds) in enumerate(swaps):
             if not used[i] and _extends(ids, want):
                 used[i] = True
-                embeds = embeds.to(output.dtype)
+                embeds = embeds.to(output.device, output.dtype)
                 if output.shape[1] == want.shape[1]:
                     return embeds
                 # a model that pads the ids itself (LED, to its attention window) keeps its own padding rows

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from inseq_ray.models.placement import input_device
+
 
 def generate_targets(
     model: PreTrainedModel,
@@ -27,7 +29,7 @@ def generate_targets(
     tokenizer.padding_side = "right" if is_enc_dec else "left"
     try:
         for s in range(0, len(texts), size):
-            enc = tokenizer(texts[s : s + size], return_tensors="pt", padding=True).to(model.device)
+            enc = tokenizer(texts[s : s + size], return_tensors="pt", padding=True).to(input_device(model))
             with torch.no_grad():
                 ids = model.generate(**enc, pad_token_id=tokenizer.pad_token_id, **generation_args)  # type: ignore[operator]
             out_texts += tokenizer.batch_decode(ids, skip_special_tokens=True)

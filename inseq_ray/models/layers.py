@@ -78,7 +78,7 @@ def replaced(site: LayerSite, value: torch.Tensor) -> Iterator[None]:
             raise ValueError(
                 f"target_layer {site.name}: output {tuple(first.shape)} vs substituted {tuple(new.shape)}."
             )
-        new = new.to(first.dtype)
+        new = new.to(first.device, first.dtype)  # a dispatched model's layer may live on another device
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
     handle = site.module.register_forward_hook(hook)

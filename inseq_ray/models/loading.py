@@ -15,6 +15,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from inseq_ray.models import placement
 from inseq_ray.models.families import family_config
 
 logger = logging.getLogger(__name__)
@@ -65,8 +66,10 @@ def load_hf_model(
     """Load ``model`` (hub id, local path or built model) as a seq2seq or causal LM in eval mode.
 
     safetensors weights are required unless ``use_safetensors=False`` is passed explicitly, and
-    remote code runs only with ``trust_remote_code=True``.
+    remote code runs only with ``trust_remote_code=True``. A ``device_map`` (in ``model_kwargs``) places the
+    modules through accelerate and the model is not moved to ``device``.
     """
+    model_kwargs = placement.quantization_kwargs(model_kwargs)
     if isinstance(model, PreTrainedModel):
         hf_model = model
         if dtype is not None:
@@ -86,7 +89,7 @@ def load_hf_model(
                     "trust this checkpoint, pass use_safetensors=False to load_model."
                 ) from e
             raise
-    if not getattr(hf_model, "hf_device_map", None):
+    if not placement.is_dispatched(hf_model):
         hf_model = hf_model.to(device)  # type: ignore[arg-type]  # (as above)
     return hf_model.eval()
 

@@ -53,6 +53,17 @@ def read_records(cfg: PipelineConfig, shard: Shard) -> list[Record]:
     return list(read_shard(shard, *columns))
 
 
+def placement(cfg: PipelineConfig) -> dict:
+    """load_model's device arguments in this process: a ``device_map`` over the GPUs Ray gave the actor when there
+    are several (or one was asked for), else one device."""
+    import torch
+
+    device_map = cfg.device_map
+    if device_map is None and cfg.device is None and torch.cuda.device_count() > 1:
+        device_map = "auto"
+    return {"device_map": device_map} if device_map is not None else {"device": cfg.device}
+
+
 class Attribute:
     """records -> a stream of attributed batches (:class:`Attributed`: (record, aggregated output) pairs and error
     rows), produced lazily as the next block pulls it. Loads the model once."""
@@ -66,7 +77,7 @@ class Attribute:
 
         hf_logging.disable_progress_bar()  # this process is ours (an actor or the CLI): keep logs readable
         self.cfg = cfg
-        self.model = inseq_ray.load_model(cfg.model, cfg.method, device=cfg.device, dtype=cfg.dtype)
+        self.model = inseq_ray.load_model(cfg.model, cfg.method, dtype=cfg.dtype, **placement(cfg))
         self.max_batch_tokens = default_batch_tokens(cfg.max_batch_tokens, self.model.device.type == "cuda")
 
     def __call__(self, batch: ShardBatch) -> ShardBatch:

@@ -136,6 +136,11 @@ class PipelineConfig:
     num_gpus_per_actor: float | None = setting(None, "default: 1 when the cluster has GPUs, else 0")
     num_cpus_per_actor: float = setting(1.0, "CPU slots per actor (keep below the cluster's count)")
     device: str | None = setting(None, "cpu, cuda; default: cuda when the actor has a GPU")
+    device_map: str | None = setting(
+        None,
+        "spread the model over the actor's GPUs (accelerate); default: auto when an actor reserves more than one GPU",
+        choices=("auto", "balanced", "balanced_low_0", "sequential"),
+    )
     dtype: str | None = setting(
         None, "bf16/fp16 on GPUs; default: the checkpoint's dtype", results=True, choices=("fp32", "bf16", "fp16")
     )
@@ -203,6 +208,10 @@ class PipelineConfig:
             raise ValueError("batch_size must be >= 1 and shard_bytes >= 1024.")
         if not 0 <= self.max_error_rate <= 1:
             raise ValueError(f"max_error_rate must be between 0 and 1, got {self.max_error_rate}.")
+        if self.device is not None and self.device_map is not None:
+            raise ValueError(
+                f"--device {self.device} and --device-map {self.device_map}: give one (a map places the model)."
+            )
         if self.context_column is not None:
             self._check_context_mode()
 
