@@ -59,15 +59,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gpt2-small", choices=["tiny-gpt2", "gpt2-small"])
     parser.add_argument("--sentences", type=int, default=8)
+    parser.add_argument("--methods", nargs="*", default=["saliency", "integrated_gradients"])
+    parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp16"])
     args = parser.parse_args()
     model, tok = build(args.model)
     src, tgt = corpus(args.sentences, enc_dec=False)
     with tempfile.TemporaryDirectory() as path:
         model.save_pretrained(path)
         tok.save_pretrained(path)
-        for method in ("saliency", "integrated_gradients"):
+        for method in args.methods:
             ref = scores(path, "fp32", method, src, tgt)
-            for dtype in ("bf16", "fp16"):
+            for dtype in args.dtypes:
                 top, mean, low = agreement(ref, scores(path, dtype, method, src, tgt))
                 print(f"{method:22s} {dtype}: top-1 {top:.1%}  Spearman mean {mean:.4f} min {low:.4f}")
         top, mean, low = agreement(scores(path, "fp32", "saliency", src, tgt), naive_fp16(path, src, tgt))

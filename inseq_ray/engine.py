@@ -284,7 +284,7 @@ class MethodContext:
             f = self.fn(args_of(wide), **self.fn_kwargs)
             f = torch.where(plan.valid.flatten()[sl], f, torch.zeros_like(f))
             (d_logits,) = torch.autograd.grad(f.sum(), wide)  # (N, V) float32
-            d_logits = torch.nan_to_num(d_logits, nan=0.0, posinf=0.0, neginf=0.0)
+            d_logits = torch.where(plan.valid.flatten()[sl, None], d_logits, torch.zeros_like(d_logits))  # empty: 0
             if logits.dtype == torch.float16:
                 scales[sl] = underflow_scale(d_logits)
             (row_grad,) = torch.autograd.grad(logits, leaf, (d_logits * scales[sl, None]).to(logits.dtype))

@@ -41,10 +41,11 @@ def test_flags_set_fields_of_every_type():
 
 @pytest.mark.parametrize("f", FIELDS, ids=lambda f: f.name)
 def test_the_fingerprint_covers_exactly_the_fields_that_change_results(f):
-    from inseq_ray.pipeline.config import CONTEXT_SETTINGS
+    from inseq_ray.pipeline.config import CONTEXT_SETTINGS, PROMPT_SETTINGS
 
-    # the context settings count in context mode only (test_context_pipeline: off, they leave fingerprints alone)
+    # the context and prompt settings count in their mode only (off, they leave fingerprints alone)
     base = PipelineConfig(context_column="context") if f.name in CONTEXT_SETTINGS[1:] else PipelineConfig()
+    base = PipelineConfig(chat_template=True) if f.name in ("system_prompt", "prompt_template") else base
     value = getattr(base, f.name)
     other = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v + 1.0, list: lambda v: [*v, "x"]}
     changed = other.get(type(value), lambda v: {"k": 1} if isinstance(v, dict) else f"{v}-other")(value)

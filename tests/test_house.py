@@ -99,4 +99,7 @@ def test_docs_tables_document_exactly_the_declared_columns():
     assert _documented("sequences (context mode)") == {c.name for c in context.CONTEXT_SEQUENCE_COLUMNS}
     assert _documented("context_tokens") == set(context.CONTEXT_TOKENS.names)
     assert _documented("context_cues") == set(context.CONTEXT_CUES.names)
+    from inseq_ray.pipeline import prompting
+
+    assert _documented("field_shares") == set(prompting.FIELD_SHARES_SCHEMA.names)
     assert tables.SEQUENCES.names == [c.name for c in tables.SEQUENCE_COLUMNS]  # schema and values: one list

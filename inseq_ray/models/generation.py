@@ -32,10 +32,17 @@ def generate_targets(
             enc = tokenizer(texts[s : s + size], return_tensors="pt", padding=True).to(input_device(model))
             with torch.no_grad():
                 ids = model.generate(**enc, pad_token_id=tokenizer.pad_token_id, **generation_args)  # type: ignore[operator]
-            out_texts += tokenizer.batch_decode(ids, skip_special_tokens=True)
+            decoded = tokenizer.batch_decode(ids, skip_special_tokens=True)
             width = enc["attention_mask"].shape[1]
-            for row, prompt_len in zip(ids.tolist(), enc["attention_mask"].sum(1).tolist(), strict=True):
+            for k, (row, prompt_len) in enumerate(
+                zip(ids.tolist(), enc["attention_mask"].sum(1).tolist(), strict=True)
+            ):
                 out_ids.append(kept_ids(row, width, prompt_len, tokenizer, is_enc_dec))
+                if not is_enc_dec:  # the prompt as given (a chat template's special tokens kept), then the new text
+                    shown = tokenizer.decode(row[width - prompt_len : width], skip_special_tokens=True)
+                    full = decoded[k]
+                    decoded[k] = texts[s + k] + full[len(shown) :] if full.startswith(shown) else full
+            out_texts += decoded
     finally:
         tokenizer.padding_side = side
     return out_texts, out_ids

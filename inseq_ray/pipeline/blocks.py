@@ -39,18 +39,38 @@ class ReadShard:
 
     def __init__(self, cfg: PipelineConfig) -> None:
         self.cfg = cfg
+        self.prompts = prompt_builder(cfg)
 
     def __call__(self, batch: ShardBatch) -> ShardBatch:
-        batch.records = read_records(self.cfg, batch.shard)
+        batch.records = read_records(self.cfg, batch.shard, self.prompts)
         check_unchanged(batch.shard)  # after the read: a file changed before or during it is refused, naming it
         return batch
 
 
-def read_records(cfg: PipelineConfig, shard: Shard) -> list[Record]:
-    """The records of ``shard`` with every column the configuration asks for (source, target, contrast, id, kept)."""
+def read_records(cfg: PipelineConfig, shard: Shard, prompts: Any = None) -> list[Record]:
+    """The records of ``shard`` with every column the configuration asks for (source, target, contrast, id, kept);
+    in prompt mode, the source is the prompt built from its fields (``prompts``: a
+    :class:`~inseq_ray.pipeline.prompting.PromptBuilder`, made here when not given)."""
     contrast = (cfg.contrast_column, cfg.contrast_source_column)
-    columns = (cfg.source_column, cfg.target_column, contrast, cfg.id_column, cfg.keep_columns, cfg.context_column)
-    return list(read_shard(shard, *columns))
+    source, fields = cfg.source_column, ()
+    if cfg.prompt_mode:
+        from inseq_ray.pipeline.prompting import prompt_columns
+
+        source, fields = prompt_columns(cfg)
+    columns = (source, cfg.target_column, contrast, cfg.id_column, cfg.keep_columns, cfg.context_column, fields)
+    records = list(read_shard(shard, *columns))
+    if not cfg.prompt_mode:
+        return records
+    return (prompts or prompt_builder(cfg))(records)
+
+
+def prompt_builder(cfg: PipelineConfig) -> Any:
+    """Prompt mode's builder (it loads the tokenizer), or None."""
+    if not cfg.prompt_mode:
+        return None
+    from inseq_ray.pipeline.prompting import PromptBuilder
+
+    return PromptBuilder(cfg)
 
 
 def placement(cfg: PipelineConfig) -> dict:
@@ -317,6 +337,10 @@ class CommitShard:
             "step_scores": tables.step_scores_table(aggregated, self.cfg.step_scores),
             "errors": tables.declared_table(tables.ERROR_COLUMNS, [tables.RowOf(r, None, run) for r in errors]),
         }
+        if self.cfg.prompt_mode:
+            from inseq_ray.pipeline.prompting import field_shares_table
+
+            built["field_shares"] = field_shares_table([(r, s) for (r, _), (_, s) in zip(results, aggregated)])
         return built, sum(s.n_steps for _, s in aggregated)
 
     def _aggregate(self, seq: FeatureAttributionSequenceOutput) -> FeatureAttributionSequenceOutput:

@@ -43,6 +43,8 @@ CONTEXT_SETTINGS = (
     "context_sensitivity_topk",
 )
 
+PROMPT_SETTINGS = ("prompt_template", "chat_template", "messages_column", "system_prompt")
+
 
 @dataclass
 class PipelineConfig:
@@ -103,6 +105,24 @@ class PipelineConfig:
     )
     context_sensitivity_topk: int | None = setting(
         None, "context mode: at most this many context-sensitive tokens per record", results=True
+    )
+    prompt_template: str | None = setting(
+        None,
+        'build each prompt from columns, e.g. "Question: {question}\n\nContext: {context}"; each field\'s share of '
+        "the attribution per generated token goes to the field_shares table",
+        results=True,
+    )
+    chat_template: bool = setting(
+        False,
+        "apply the tokenizer's chat template: to --messages-column, or to the prompt (source column or template) as "
+        "the user's message after --system-prompt",
+        results=True,
+    )
+    messages_column: str | None = setting(
+        None, "column of chat messages (lists of {role, content}); implies --chat-template", results=True
+    )
+    system_prompt: str | None = setting(
+        None, "with --chat-template: the system message before each prompt", results=True
     )
     attribute_target: bool = setting(False, "encoder-decoder: also attribute the target prefix", results=True)
     attributed_fn: str = setting("probability", "step function whose gradient is attributed", results=True)
@@ -188,6 +208,8 @@ class PipelineConfig:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("results")}
         if self.context_column is None:  # context settings count in context mode only (older runs keep their id)
             out = {k: v for k, v in out.items() if k not in CONTEXT_SETTINGS}
+        if not self.prompt_mode:  # likewise prompt settings
+            out = {k: v for k, v in out.items() if k not in PROMPT_SETTINGS}
         return {**out, "input": redact_url(self.input)}
 
     def _check_method_args(self) -> None:
@@ -214,6 +236,33 @@ class PipelineConfig:
             )
         if self.context_column is not None:
             self._check_context_mode()
+        if self.prompt_mode or self.system_prompt:
+            self._check_prompt_mode()
+
+    @property
+    def prompt_mode(self) -> bool:
+        """Prompts are built from fields (a template, a chat template or messages) and field shares are tabled."""
+        return bool(self.prompt_template or self.chat_template or self.messages_column)
+
+    def _check_prompt_mode(self) -> None:
+        """What prompt mode cannot honour, refused in one line."""
+        if self.context_column is not None:
+            raise ValueError("--context-column builds its own prompts: drop --prompt-template/--chat-template there.")
+        if self.input_format == "text":
+            raise ValueError(
+                "--prompt-template/--chat-template need jsonl, csv or parquet input (text has no columns)."
+            )
+        if self.messages_column and self.prompt_template:
+            raise ValueError("--messages-column is the whole chat: drop --prompt-template (or put it in the messages).")
+        if self.system_prompt and (self.messages_column or not self.chat_template):
+            raise ValueError(
+                "--system-prompt is a chat message: add --chat-template (with --messages-column, put it in the messages)."
+            )
+        if self.prompt_template:
+            from inseq_ray.prompts import template_fields
+
+            if not template_fields(self.prompt_template):
+                raise ValueError(f"--prompt-template {self.prompt_template!r} names no {{column}}.")
 
     def _check_context_mode(self) -> None:
         """Context mode reads a column and writes its own tables: what it cannot honour is refused in one line."""

@@ -12,6 +12,7 @@ import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import fsspec
 
@@ -66,6 +67,8 @@ class Record:
     record_id: str | None = None  # the user's own id (id_column), as text
     record_columns: str | None = None  # keep_columns' values of the record, as a JSON object
     context: str | list[str] | None = None  # context mode: the record's input context (text, or documents)
+    fields: dict[str, Any] | None = None  # prompt mode: the raw values of the prompt's columns
+    prompt_spans: dict[str, tuple[int, int]] | None = None  # prompt mode: field -> token span of the prompt
 
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".xz": "xz"}  # read whole-file (not seekable)
@@ -326,13 +329,16 @@ def read_shard(
     id_column: str | None = None,
     keep_columns: Sequence[str] = (),
     context_column: str | None = None,
+    prompt_columns: Sequence[str] = (),
 ) -> Iterator[Record]:
     """Records of one shard; unreadable records come back with ``error_reason`` set, never raised.
     ``contrast_columns``: (contrast target column, contrast source column), each required when named;
     ``id_column``: the user's own id, carried as ``record_id`` (None where a record has none); ``keep_columns``:
     more columns carried as one JSON object, ``record_columns``; ``context_column``: each record's context (a
-    string or a list of strings; a record without one is a ``missing_column`` row)."""
-    carried = (id_column, tuple(keep_columns), context_column)
+    string or a list of strings; a record without one is a ``missing_column`` row); ``prompt_columns``: the raw
+    values of the columns a prompt is built from, carried as ``fields`` (the source column may then hold a list,
+    a chat's messages, carried as its JSON text)."""
+    carried = (id_column, tuple(keep_columns), context_column, tuple(prompt_columns))
     if shard.fmt in ("text", "jsonl"):
         yield from _read_lines(shard, source_column, target_column, contrast_columns, carried)
     else:  # csv, parquet
@@ -418,7 +424,7 @@ def _json_record(
     line: str,
     columns: tuple[str, str | None],
     contrast_columns: Contrast,
-    carried: Carried = (None, (), None),
+    carried: Carried = (None, (), None, ()),
 ) -> Record:
     """One JSONL line; ``columns``: (source, target) column names; ``carried``: (id column, kept columns)."""
     source_column, target_column = columns
@@ -429,18 +435,25 @@ def _json_record(
     except (ValueError, RecursionError) as e:  # a 5,000-digit integer, 100,000 nested brackets: this line only
         first = str(e).split(";")[0][:200]
         return _record(shard, pos, line[:MAX_KEPT_CHARS], None, Reason.BAD_JSON, f"JSON this reader refuses: {first}")
+    if carried[3] and isinstance(obj, dict) and isinstance(obj.get(source_column), list | dict):  # chat messages
+        obj = {**obj, source_column: json.dumps(obj[source_column], ensure_ascii=False, default=str)}
     record = _json_fields(shard, pos, line, obj, (source_column, target_column), contrast_columns)
     return _carry(record, carried, obj.get) if isinstance(obj, dict) else record
 
 
-Carried = tuple[str | None, tuple[str, ...], str | None]  # (id column, kept columns, context column)
+Carried = tuple[str | None, tuple[str, ...], str | None, tuple[str, ...]]  # (id, kept, context, prompt columns)
 
 
 def _carry(record: Record, carried: Carried, value_of) -> Record:
     """``record`` with its id, kept columns and context filled from ``value_of(column)`` (None where absent)."""
-    id_column, keep, context_column = carried
+    id_column, keep, context_column, prompt_columns = carried
     if context_column and not record.error_reason:
         _carry_context(record, context_column, value_of(context_column))
+    if prompt_columns:
+        values = {c: value_of(c) for c in prompt_columns}
+        record.fields = {
+            c: v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v for c, v in values.items()
+        }
     if id_column and value_of(id_column) is not None:
         value = value_of(id_column)
         record.record_id = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
@@ -562,8 +575,10 @@ def _read_table(
             msg = f"{shard.rel} has no column {column!r} (columns: {', '.join(table.column_names)}): pass {flag}"
             yield _record(shard, shard.offset, ",".join(table.column_names), None, Reason.MISSING_COLUMN, msg)
             return
-    records = _table_records(shard, table, source_column, target_column, contrast_columns, _positions(bad_rows))
-    wanted = [c for c in (carried[0], *carried[1], carried[2]) if c and c in table.column_names]
+    records = _table_records(
+        shard, table, (source_column, target_column), contrast_columns, _positions(bad_rows), bool(carried[3])
+    )
+    wanted = [c for c in (carried[0], *carried[1], carried[2], *carried[3]) if c and c in table.column_names]
     if carried[2] and carried[2] not in wanted:  # the context column is required: every record says so
         wanted.append(carried[2])
     if not wanted:
@@ -609,12 +624,16 @@ def _column(table, column: str) -> list:
 
 
 def _table_records(
-    shard: Shard, table, source_column: str, target_column: str | None, contrast_columns: Contrast, skipped: list[int]
+    shard: Shard, table, columns: tuple[str, str | None], contrast_columns: Contrast, skipped: list[int], lists=False
 ) -> Iterator[Record]:
     """One record per row; ``skipped``: data-row indices of malformed rows already reported (a row's position is its
-    index among all the data rows of the file, so rows after a malformed one keep their own)."""
+    index among all the data rows of the file, so rows after a malformed one keep their own); ``lists``: a list
+    in the source column (a chat's messages) is carried as its JSON text."""
+    source_column, target_column = columns
     n = table.num_rows
     sources = _column(table, source_column)
+    if lists:
+        sources = [json.dumps(v, ensure_ascii=False, default=str) if isinstance(v, list | dict) else v for v in sources]
     targets = _column(table, target_column) if target_column and target_column in table.column_names else [None] * n
     contrasts = list(zip(*(_column(table, c) if c else [None] * n for c in contrast_columns)))
     names = (source_column, target_column, *contrast_columns)
