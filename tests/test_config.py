@@ -45,7 +45,7 @@ def test_the_fingerprint_covers_exactly_the_fields_that_change_results(f):
 
     # the context and prompt settings count in their mode only (off, they leave fingerprints alone)
     base = PipelineConfig(context_column="context") if f.name in CONTEXT_SETTINGS[1:] else PipelineConfig()
-    base = PipelineConfig(chat_template=True) if f.name in ("system_prompt", "prompt_template") else base
+    base = PipelineConfig(chat_template=True) if f.name in PROMPT_SETTINGS[::3] else base  # (template, system)
     value = getattr(base, f.name)
     other = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v + 1.0, list: lambda v: [*v, "x"]}
     changed = other.get(type(value), lambda v: {"k": 1} if isinstance(v, dict) else f"{v}-other")(value)

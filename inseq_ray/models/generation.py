@@ -39,7 +39,7 @@ def generate_targets(
             ):
                 out_ids.append(kept_ids(row, width, prompt_len, tokenizer, is_enc_dec))
                 if not is_enc_dec:  # the prompt as given (a chat template's special tokens kept), then the new text
-                    shown = tokenizer.decode(row[width - prompt_len : width], skip_special_tokens=True)
+                    shown = str(tokenizer.decode(row[width - prompt_len : width], skip_special_tokens=True))
                     full = decoded[k]
                     decoded[k] = texts[s + k] + full[len(shown) :] if full.startswith(shown) else full
             out_texts += decoded

@@ -52,7 +52,8 @@ def read_records(cfg: PipelineConfig, shard: Shard, prompts: Any = None) -> list
     in prompt mode, the source is the prompt built from its fields (``prompts``: a
     :class:`~inseq_ray.pipeline.prompting.PromptBuilder`, made here when not given)."""
     contrast = (cfg.contrast_column, cfg.contrast_source_column)
-    source, fields = cfg.source_column, ()
+    source = cfg.source_column
+    fields: tuple[str, ...] = ()
     if cfg.prompt_mode:
         from inseq_ray.pipeline.prompting import prompt_columns
 
