@@ -39,12 +39,14 @@ class MethodSpec:
     fn: the schedule. copies: resolved arguments (defaults filled in) -> R, the input copies per row it stacks
     into one forward. granularity: its raw output's trailing dims ("hidden", "token", "layers", "layers x heads"
     with keep_all). baselines: whether its result depends on the baselines (``include_eos_baseline``).
+    memory: the memory model's kind of its batches (``gradient``, ``attention``, ``forward``).
     """
 
     fn: AttributionMethod
     copies: Callable[[Mapping[str, Any]], int] = _one
     granularity: str = "hidden"
     baselines: bool = False
+    memory: str = "gradient"  # what a batch holds at its peak (inseq_ray.memory): gradient, attention or forward
 
     def params(self) -> dict[str, Any]:
         """Keyword arguments -> defaults (``inspect.Parameter.empty`` for a required one)."""
@@ -79,15 +81,17 @@ METHODS: dict[str, MethodSpec] = {
     "integrated_gradients": MethodSpec(integrated_gradients, _arg("n_steps"), baselines=True),
     "deeplift": MethodSpec(deeplift, lambda kw: 2, baselines=True),
     "gradient_shap": MethodSpec(gradient_shap, _arg("n_samples"), baselines=True),
-    "attention": MethodSpec(attention, granularity="token"),
-    "occlusion": MethodSpec(occlusion, _arg("patterns_per_forward"), "token", baselines=True),
-    "value_zeroing": MethodSpec(value_zeroing, _arg("patterns_per_forward"), "layers"),
-    "lime": MethodSpec(lime, lambda kw: min(int(kw["patterns_per_forward"]), int(kw["n_samples"])), baselines=True),
+    "attention": MethodSpec(attention, granularity="token", memory="attention"),
+    "occlusion": MethodSpec(occlusion, _arg("patterns_per_forward"), "token", baselines=True, memory="forward"),
+    "value_zeroing": MethodSpec(value_zeroing, _arg("patterns_per_forward"), "layers", memory="forward"),
+    "lime": MethodSpec(
+        lime, lambda kw: min(int(kw["patterns_per_forward"]), int(kw["n_samples"])), baselines=True, memory="forward"
+    ),
     "sequential_integrated_gradients": MethodSpec(sequential_integrated_gradients, _arg("n_steps"), baselines=True),
     "layer_gradient_x_activation": MethodSpec(layer_gradient_x_activation),
     "layer_integrated_gradients": MethodSpec(layer_integrated_gradients, _arg("n_steps"), baselines=True),
     "layer_deeplift": MethodSpec(layer_deeplift, lambda kw: 2, baselines=True),
-    "dummy": MethodSpec(dummy, granularity="token"),
+    "dummy": MethodSpec(dummy, granularity="token", memory="forward"),
 }
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from inseq_ray.context.output import AttributeContextOutput
 from inseq_ray.errors import InputError, NonFiniteAttributionError, Reason
+from inseq_ray.memory import batch_token_budget, device_bytes
 from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenceOutput
 from inseq_ray.pipeline import tables
 from inseq_ray.pipeline.config import PipelineConfig
@@ -27,7 +28,6 @@ from inseq_ray.pipeline.data import Attributed, Output, ShardBatch, ShardSummary
 from inseq_ray.pipeline.shards import Record, Shard, check_unchanged, read_shard
 from inseq_ray.pipeline.storage import Storage
 from inseq_ray.serialization import to_bytes
-from inseq_ray.settings import default_batch_tokens
 
 WRITE_BACKLOG_SLOTS = 8  # attributed batches queued for the writer before attribution waits for storage
 
@@ -99,7 +99,9 @@ class Attribute:
         hf_logging.disable_progress_bar()  # this process is ours (an actor or the CLI): keep logs readable
         self.cfg = cfg
         self.model = inseq_ray.load_model(cfg.model, cfg.method, dtype=cfg.dtype, **placement(cfg))
-        self.max_batch_tokens = default_batch_tokens(cfg.max_batch_tokens, self.model.device.type == "cuda")
+        self.max_batch_tokens = batch_token_budget(
+            cfg.max_batch_tokens, cfg.method, self.model, device_bytes(self.model)
+        )
 
     def __call__(self, batch: ShardBatch) -> ShardBatch:
         batch.attributed = self._stream(batch.records)

@@ -78,6 +78,7 @@ def estimate(cfg: PipelineConfig, sample_records: int = 2000, attribute_records:
         "expected_records_per_gpu_s": per_gpu,
         "estimated_gpu_hours": est_records / per_gpu / 3600,
         **request_estimate(round(est_records * ok_share), len(shards)),
+        "memory": measured.get("memory"),
     }
 
 
@@ -108,9 +109,50 @@ def _measure(cfg: PipelineConfig, records: list[Record]) -> dict[str, Any]:
         s = batch.summary
         if s is None:
             raise RuntimeError("the block list made no shard summary")
+        model = next((b.model for b in rest if hasattr(b, "model")), None)
     n = max(1, len(records))
     ok = max(1, s.ok)
-    return {"tokens": s.target_tokens / ok, "bytes": {k: v / n for k, v in s.bytes.items()}}
+    out = {"tokens": s.target_tokens / ok, "bytes": {k: v / n for k, v in s.bytes.items()}}
+    if model is not None and cfg.context_column is None:
+        out["memory"] = memory_plan(cfg, model, records)
+    return out
+
+
+def memory_plan(cfg: PipelineConfig, model, records: list[Record]) -> dict[str, Any]:
+    """The memory model over the sample's batches as a real run plans them: per batch its rows, padded tokens,
+    steps and predicted peak bytes (:mod:`inseq_ray.memory`), and the token budget the device allows."""
+    from inseq_ray.batching import plan_batches
+    from inseq_ray.memory import MemoryProfile, batch_token_budget, device_bytes, predict_peak, tokens_that_fit
+    from inseq_ray.methods import get_method_spec
+
+    spec, tok = get_method_spec(cfg.method), model.tokenizer
+    copies = spec.copies_for(cfg.method_args)
+    profile = MemoryProfile.measure(model.adapter)
+    new = int(cfg.generation_args.get("max_new_tokens", 40))
+    sources = [len(ids) for ids in tok([r.source for r in records])["input_ids"]]
+    steps = [len(tok(r.target)["input_ids"]) if r.target else new for r in records]
+    lengths = [s + t for s, t in zip(sources, steps, strict=True)]
+    budget = batch_token_budget(cfg.max_batch_tokens, cfg.method, model, device_bytes(model))
+    batches = []
+    for idx in plan_batches(lengths, cfg.batch_size, max(1, budget // copies)):
+        shape = (len(idx), max(lengths[i] for i in idx), max(steps[i] for i in idx))
+        batches.append({"rows": shape[0], "padded_tokens": shape[1], "steps": shape[2],
+                        "predicted_bytes": predict_peak(profile, spec.memory, copies, *shape)["total"]})  # fmt: skip
+    total = device_bytes(model)
+    fits = tokens_that_fit(profile, spec.memory, 1, total) if total else None
+    return {"profile": profile.to_dict(), "batches": batches, "device_bytes": total, "tokens_that_fit": fits}
+
+
+def print_memory(m: dict, shown: int = 8) -> None:
+    """The predicted peak memory per batch (the largest ``shown`` batches) and the device's token budget."""
+    batches = sorted(m["batches"], key=lambda b: -b["predicted_bytes"])
+    print(f"predicted peak memory per batch ({len(batches)} batches of the sample; largest first):")
+    for b in batches[:shown]:
+        print(
+            f"  {b['rows']} rows x {b['padded_tokens']} tokens, {b['steps']} steps: {human_bytes(b['predicted_bytes'])}"
+        )
+    if m["tokens_that_fit"]:
+        print(f"device memory {human_bytes(m['device_bytes'])}: a token budget of {m['tokens_that_fit']:,} fits")
 
 
 def human_bytes(n: float) -> str:
@@ -132,6 +174,8 @@ def print_estimate(e: dict) -> None:
         f"for {e['method']} (expected_records_per_gpu_s / {e['method_copies']} copies per forward; measure yours "
         "with benchmarks/engine_bench.py)"
     )
+    if e.get("memory"):
+        print_memory(e["memory"])
     sizes = ", ".join(f"{k} {v:.0f}" for k, v in sorted(e["bytes_per_record"].items()))
     print(f"bytes per record: {sizes}")
     print(f"estimated output size: {human_bytes(e['estimated_output_bytes'])}")
