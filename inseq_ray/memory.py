@@ -97,7 +97,12 @@ def predict_peak(profile: MemoryProfile, kind: str, copies: int, rows: int, leng
 
 
 def tokens_that_fit(
-    profile: MemoryProfile, kind: str, copies: int, memory_bytes: int, share: float = 0.8, length: int = 1024,
+    profile: MemoryProfile,
+    kind: str,
+    copies: int,
+    memory_bytes: int,
+    share: float = 0.8,
+    length: int = 1024,
     steps: int = 64,
 ) -> int:
     """The token budget (padded tokens x copies per forward) that fills ``share`` of ``memory_bytes`` after the

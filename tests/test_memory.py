@@ -66,7 +66,9 @@ def test_a_devices_budget_keeps_the_predicted_peak_inside_it(model_dir):
 
 def test_the_dry_run_predicts_each_batch(tmp_path, model_dir, capsys):
     corpus = tmp_path / "c.jsonl"
-    corpus.write_text("".join(json.dumps({"source": "the cat sees " * k, "target": "a dog"}) + "\n" for k in range(1, 9)))
+    corpus.write_text(
+        "".join(json.dumps({"source": "the cat sees " * k, "target": "a dog"}) + "\n" for k in range(1, 9))
+    )
     cfg = PipelineConfig(input=str(corpus), output=str(tmp_path / "run"), model=model_dir["bart"], batch_size=4)
     e = estimate(cfg, attribute_records=8)
     batches = e["memory"]["batches"]
