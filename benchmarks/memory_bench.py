@@ -80,7 +80,7 @@ def one(path: str, lib: str, method: str, length: int, steps: int, ig_steps: int
 
         profile = MemoryProfile.measure(model.adapter)
         copies = 2 if method == "integrated_gradients" else 1
-        pred = predict_peak(profile, get_method_spec(method).memory, copies, 1, len(ids), steps)
+        pred = predict_peak(profile, get_method_spec(method).memory, copies, 1, len(ids), steps, padded=False)
         out["predicted"] = pred["total"] - pred["weights"]
     return out
 

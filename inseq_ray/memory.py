@@ -42,6 +42,7 @@ class MemoryProfile:
     weight_bytes: int
     per_token: float
     per_token_sq: float
+    mask_per_token_sq: float  # what a padded batch adds: the attention mask the model builds (L^2 per row)
     hidden: int
     vocab: int
     layers: int
@@ -50,17 +51,19 @@ class MemoryProfile:
 
     @classmethod
     def measure(cls, adapter: ModelAdapter) -> MemoryProfile:
-        """Probe forwards with gradients at :data:`PROBE_LENGTHS` (2 rows, the second half padded), counting the
-        distinct storages autograd saves that are not weights."""
+        """Probe forwards with gradients at :data:`PROBE_LENGTHS` (2 rows; unpadded, then with the second row half
+        padding), counting the distinct storages autograd saves that are not weights."""
         model = adapter.model
         params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        saved = [_saved_bytes(adapter, length, params) / 2 for length in PROBE_LENGTHS]  # per row
-        a, b, _ = _quadratic_fit([float(n) for n in PROBE_LENGTHS], saved)
+        lengths = [float(n) for n in PROBE_LENGTHS]
+        a, b, _ = _quadratic_fit(lengths, [_saved_bytes(adapter, int(n), params, False) / 2 for n in lengths])
+        a_pad, _, _ = _quadratic_fit(lengths, [_saved_bytes(adapter, int(n), params, True) / 2 for n in lengths])
         cfg = model.config.get_text_config()
         return cls(
             weight_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
             per_token=max(b, 0.0),
             per_token_sq=max(a, 0.0),
+            mask_per_token_sq=max(a_pad - a, 0.0),
             hidden=int(adapter.embed_target(torch.zeros((1, 1), dtype=torch.long, device=adapter.device)).shape[-1]),
             vocab=int(cfg.vocab_size),
             layers=_layers(cfg),
@@ -72,14 +75,18 @@ class MemoryProfile:
         return asdict(self)
 
 
-def predict_peak(profile: MemoryProfile, kind: str, copies: int, rows: int, length: int, steps: int) -> dict[str, int]:
+def predict_peak(
+    profile: MemoryProfile, kind: str, copies: int, rows: int, length: int, steps: int, padded: bool = True
+) -> dict[str, int]:
     """Bytes at the peak of one batch of ``rows`` rows padded to ``length`` tokens with ``steps`` attributed
-    steps, for a method of ``kind`` stacking ``copies`` copies per forward: name -> bytes, and ``total``."""
+    steps, for a method of ``kind`` stacking ``copies`` copies per forward (``padded``: some row is shorter, so
+    the model builds an attention mask): name -> bytes, and ``total``."""
     p, r, b, n = profile, copies, rows, length
     layer = p.per_token / max(1, p.layers)  # bytes one layer keeps per token
     parts: dict[str, float] = {"weights": p.weight_bytes}
     if kind == "gradient":
-        parts["saved activations"] = r * b * (p.per_token * n + p.per_token_sq * n * n)
+        per_sq = p.per_token_sq + (p.mask_per_token_sq if padded else 0.0)
+        parts["saved activations"] = r * b * (p.per_token * n + per_sq * n * n)
         parts["backward"] = 2 * r * b * n * layer
         parts["inputs and gradients"] = 2 * r * b * n * p.hidden * 4
         parts["step results"] = steps * b * n * p.hidden * 4
@@ -133,7 +140,7 @@ def device_bytes(model) -> int | None:
     return torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
 
 
-def _saved_bytes(adapter: ModelAdapter, length: int, params: set[int]) -> float:
+def _saved_bytes(adapter: ModelAdapter, length: int, params: set[int], padded: bool = True) -> float:
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -144,7 +151,8 @@ def _saved_bytes(adapter: ModelAdapter, length: int, params: set[int]) -> float:
 
     ids = torch.full((2, length), 5, dtype=torch.long, device=adapter.device)
     mask = torch.ones_like(ids)
-    mask[1, length // 2 :] = 0
+    if padded:
+        mask[1, length // 2 :] = 0
     inputs = ForwardInputs(ids, mask)
     if adapter.is_encoder_decoder:
         inputs = ForwardInputs(

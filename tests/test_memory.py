@@ -26,9 +26,11 @@ def test_the_fit_predicts_the_saved_bytes_at_unseen_lengths(model_dir, name):
     profile = MemoryProfile.measure(am.adapter)
     assert profile.per_token > 0 and profile.weight_bytes == sum(p.nbytes for p in am.model.parameters())
     for length in (48, 100):
-        measured = _saved_bytes(am.adapter, length, _params(am)) / 2
-        predicted = profile.per_token * length + profile.per_token_sq * length**2
-        assert predicted == pytest.approx(measured, rel=0.05), length
+        for padded in (False, True):
+            measured = _saved_bytes(am.adapter, length, _params(am), padded) / 2
+            per_sq = profile.per_token_sq + (profile.mask_per_token_sq if padded else 0)
+            predicted = profile.per_token * length + per_sq * length**2
+            assert predicted == pytest.approx(measured, rel=0.05), (length, padded)
 
 
 def test_eager_attention_is_the_quadratic_term(model_dir):

@@ -136,8 +136,9 @@ def memory_plan(cfg: PipelineConfig, model, records: list[Record]) -> dict[str, 
     batches = []
     for idx in plan_batches(lengths, cfg.batch_size, max(1, budget // copies)):
         shape = (len(idx), max(lengths[i] for i in idx), max(steps[i] for i in idx))
+        padded = len({lengths[i] for i in idx}) > 1
         batches.append({"rows": shape[0], "padded_tokens": shape[1], "steps": shape[2],
-                        "predicted_bytes": predict_peak(profile, spec.memory, copies, *shape)["total"]})  # fmt: skip
+                        "predicted_bytes": predict_peak(profile, spec.memory, copies, *shape, padded)["total"]})  # fmt: skip
     total = device_bytes(model)
     fits = tokens_that_fit(profile, spec.memory, 1, total) if total else None
     return {"profile": profile.to_dict(), "batches": batches, "device_bytes": total, "tokens_that_fit": fits}
