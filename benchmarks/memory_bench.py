@@ -116,7 +116,8 @@ def run_all(args: argparse.Namespace, path: str) -> None:
                 res = subprocess.run(cmd, check=False, capture_output=True, text=True)
                 line = res.stdout.strip().splitlines()[-1] if res.returncode == 0 else None
                 if line is None:
-                    print(f"{method:22s} {length:6d} {lib:6s} failed: {res.stderr.strip().splitlines()[-1:]}")
+                    why = "killed (out of memory?)" if res.returncode < 0 else res.stderr.strip().splitlines()[-1:]
+                    print(f"{method:22s} {length:6d} {lib:6s} failed, exit {res.returncode}: {why}")
                     continue
                 r = json.loads(line)
                 pred = f"  predicted {r['predicted'] / 2**20:8.0f} MiB" if "predicted" in r else ""

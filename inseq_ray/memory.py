@@ -8,7 +8,7 @@ What a batch holds at its peak, by method kind (``MethodSpec.memory``):
   their gradient (``2 * R * B * L * H``), every step's combined gradients until the batch ends (``T * B * L * H``
   float32), and the head's logits for the rows it pushes at once.
 - ``attention``: one eager forward returning every layer's attention weights (``B * layers * heads * L^2``) plus
-  one layer's activations.
+  one layer's scores in flight, one layer's activations and the logits.
 - ``forward``: no-grad forwards of R copies: one layer's activations at a time.
 
 ``per_token`` and ``per_token_sq`` are *measured* once per model (:meth:`MemoryProfile.measure`): three small
@@ -93,6 +93,7 @@ def predict_peak(
         parts["logits"] = 3 * 4 * min(r * b * steps * p.vocab, HEAD_CHUNK_ELEMENTS)
     elif kind == "attention":
         parts["attention weights"] = b * p.layers * p.heads * n * n * p.value_bytes
+        parts["attention scores"] = b * p.heads * n * n * 4  # one layer's scores before the softmax, in flight
         parts["forward"] = 2 * b * n * layer
         parts["logits"] = 4 * b * n * p.vocab
     else:

@@ -40,9 +40,10 @@ def attention(
         maps["source"] = out.cross_attentions
     result = {}
     for name in ctx.attributed:
-        full = torch.stack(maps[name], dim=-1)  # (B, H, Q, K, n_layers)
-        rows = full.gather(2, pos[:, None, :, None, None].expand(-1, full.shape[1], -1, full.shape[3], full.shape[4]))
-        rows = rows.permute(2, 0, 3, 4, 1).float()  # (T, B, K, n_layers, H)
+        per_layer = [  # each layer's (B, H, Q, K) weights -> the step rows (B, H, T, K), before anything is stacked
+            a.gather(2, pos[:, None, :, None].expand(-1, a.shape[1], -1, a.shape[3])) for a in maps[name]
+        ]
+        rows = torch.stack(per_layer, dim=-1).permute(2, 0, 3, 4, 1).float()  # (T, B, K, n_layers, H)
         if not keep_all:
             rows = select_and_reduce(rows, layers, heads, aggregate_layers_fn, aggregate_heads_fn)[..., None]
         result[name] = rows

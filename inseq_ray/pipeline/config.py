@@ -149,7 +149,7 @@ class PipelineConfig:
     max_batch_tokens: int | None = setting(
         None,
         "at most this many padded tokens x method copies per forward (long records go alone, short ones pack); "
-        "default: 2^20 on GPUs, 2^15 on CPUs",
+        "default: on a GPU, what the memory model says fits in its memory (--dry-run prints it); 2^15 on CPUs",
     )
     shard_bytes: int = setting(256 << 10, "input bytes per shard: the unit of resume and of commit", results=True)
     num_actors: int | None = setting(None, "attribution actors; default: one per GPU, else 2 on CPU")

@@ -82,11 +82,28 @@ def build_tiny_model(
     return path
 
 
+CHAT_TEMPLATE = (  # a ChatML-style template, so that chat corpora can be tried on toy:gpt2
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _chat_gpt2(path: Path) -> Path:
+    """The toy GPT-2, its tokenizer carrying :data:`CHAT_TEMPLATE`."""
+    from transformers import AutoTokenizer
+
+    build_tiny_model("gpt2", path, layers=2, hidden=64, heads=4, init_std=0.2)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(path)
+    return Path(path)
+
+
 TOY_BUILDERS = {
-    "gpt2": lambda path: build_tiny_model("gpt2", path, layers=2, hidden=64, heads=4, init_std=0.2),
+    "gpt2": _chat_gpt2,
     "bart": lambda path: build_tiny_model("bart", path, layers=2, hidden=64, heads=4, init_std=0.2),
 }
-TOY_VERSION = "2"  # bumped when a builder changes, so cached toy models are rebuilt
+TOY_VERSION = "3"  # bumped when a builder changes, so cached toy models are rebuilt
 
 
 def cache_root() -> Path:
