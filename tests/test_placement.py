@@ -78,6 +78,10 @@ def test_a_dispatched_model_attributes_as_the_same_model_on_one_device(model_dir
         a = ref.attribute(*texts, method=method, attribute_target=True, **kw)
         b = am.attribute(*texts, method=method, attribute_target=True, **kw)
         assert _max_diff(a, b) <= 1e-5, method
+    contrast = {"attributed_fn": "contrast_prob_diff", "contrast_targets": [t.rsplit(" ", 1)[0] + " river" for t in texts[1]], "show_progress": False,
+                "step_scores": ["kl_divergence", "mc_dropout_prob_avg"], "step_scores_args": {"n_mcd_steps": 2}}  # fmt: skip
+    a, b = (m.attribute(*texts, method="saliency", **contrast) for m in (ref, am))
+    assert _max_diff(a, b) <= 1e-5  # contrast forwards and dropout forwards of the dispatched model
 
 
 @pytest.mark.parametrize("name", ["llama", "t5"])
