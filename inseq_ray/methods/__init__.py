@@ -75,6 +75,8 @@ def _arg(name: str) -> Callable[[Mapping[str, Any]], int]:
     return copies
 
 
+MEMORY_KINDS = ("gradient", "attention", "forward")  # see inseq_ray.memory.predict_peak
+
 METHODS: dict[str, MethodSpec] = {
     "saliency": MethodSpec(saliency),
     "input_x_gradient": MethodSpec(input_x_gradient),
@@ -117,15 +119,19 @@ def register_attribution_method(
     copies: Callable[[Mapping[str, Any]], int] | None = None,
     granularity: str = "hidden",
     baselines: bool = False,
+    memory: str = "gradient",
 ) -> None:
     """Add ``fn(ctx: MethodContext, **kwargs) -> MethodResult`` under ``identifier``.
 
     ``ctx.run(embeds, r, combine)`` gives one forward over R stacked copies and the per-step VJPs;
     see :mod:`inseq_ray.methods.gradient` for five examples. ``copies(method_kwargs) -> R`` (the arguments with
-    the signature's defaults filled in) lets token-budget batching account for the copies (default 1).
+    the signature's defaults filled in) lets token-budget batching account for the copies (default 1); ``memory``
+    is what its batches hold at their peak for the memory model (``gradient``, ``attention``, ``forward``).
     """
-    register(METHODS, identifier, MethodSpec(fn, copies or _one, granularity, baselines), "attribution method",
-             overwrite)  # fmt: skip
+    if memory not in MEMORY_KINDS:
+        raise ValueError(f"memory={memory!r}: valid are {', '.join(MEMORY_KINDS)}.")
+    spec = MethodSpec(fn, copies or _one, granularity, baselines, memory)
+    register(METHODS, identifier, spec, "attribution method", overwrite)
 
 
 def list_feature_attribution_methods() -> list[str]:
