@@ -82,3 +82,23 @@ def test_the_dry_run_predicts_each_batch(tmp_path, model_dir, capsys):
 
     print_estimate(e)
     assert "predicted peak memory per batch (2 batches" in capsys.readouterr().out
+
+
+def test_a_registered_method_declares_its_memory_kind():
+    from inseq_ray.methods import METHODS, get_method_spec, register_attribution_method
+
+    def mine(ctx):  # pragma: no cover - never called
+        raise AssertionError
+
+    with pytest.raises(ValueError, match="valid are gradient, attention, forward"):
+        register_attribution_method(mine, "mine_memory_test", memory="gpu")
+    try:
+        register_attribution_method(mine, "mine_memory_test", memory="forward")
+        assert get_method_spec("mine_memory_test").memory == "forward"
+    finally:
+        METHODS.pop("mine_memory_test", None)
+    assert {get_method_spec(m).memory for m in ("saliency", "attention", "occlusion")} == {
+        "gradient",
+        "attention",
+        "forward",
+    }
