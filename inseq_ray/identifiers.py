@@ -9,6 +9,12 @@ AGGREGATORS = {
     "step's scores normalised to sum to 1 (out.aggregate()).",
     "subwords": "Tokens merged into words (a token not starting a word joins the one before), their scores summed "
     "per step; source and target alike (out.aggregate('subwords')).",
+    "split": "Tokens merged into spans cut where a regular expression (split_pattern=) matches the tokens' text; "
+    "split_mode single/start/end keeps each match alone or joins it to the tokens after/before it (Inseq's)",
+    "slices": "Only the tokens inside the given (start, end) spans kept (source_spans=, target_spans=; the generated "
+    "tokens always), with their scores (Inseq's)",
+    "pair": "Two outputs of a minimal pair (paired_attr=) -> aggregate_fn(this, other) for every score (default: "
+    "other - this); differing tokens shown as 'a → b' (Inseq's)",
     "spans": "Given (start, end) token spans (source_spans=, target_spans=), each span's tokens merged into one, "
     "their scores summed per step (out.aggregate('spans', source_spans=[(0, 2)])).",
 }

@@ -77,17 +77,22 @@ class FeatureAttributionSequenceOutput:
         ``aggregator`` is an aggregation function id (or one per extra dim), or, as in Inseq, ``"subwords"``
         (merge each word's tokens; ``special_chars``, ``is_suffix_symbol``, ``aggregate_source``,
         ``aggregate_target``) or ``"spans"`` (``source_spans``, ``target_spans``: ``(start, end)`` pairs, end
-        exclusive), which first apply the default reduction and then merge with ``aggregate_fn`` (default
-        ``absmax``; step scores with Inseq's per-score functions, e.g. ``prod`` for probabilities); ``"scores"``
-        (Inseq's name of the default aggregator) is the default reduction.
+        exclusive) or ``"split"`` (``split_pattern``, a regular expression over the tokens' text, and
+        ``split_mode``: ``single``/``start``/``end``), which first apply the default reduction and then merge with
+        ``aggregate_fn`` (default ``absmax``; step scores with Inseq's per-score functions, e.g. ``prod`` for
+        probabilities); ``"slices"`` (``source_spans``, ``target_spans``: keep only those tokens, the generated ones
+        always); ``"pair"`` (``paired_attr``: another output of the same shape; ``aggregate_fn(this, other)``,
+        default other - this); ``"scores"`` (Inseq's name of the default aggregator) is the default reduction.
 
         ``normalize`` (default: on for gradient outputs, off for attention weights, which are
         distributions already) makes each step's source + target scores sum to 1. For attention
         outputs kept whole (``keep_all=True``), ``layers``, ``heads``, ``aggregate_layers_fn`` and
         ``aggregate_heads_fn`` select as the method does (default: mean of the last layer's heads).
         """
-        if aggregator in ("subwords", "spans"):
+        if aggregator in ("subwords", "spans", "split"):
             return self._merge_tokens(aggregator, aggregate_fn, normalize, rescale, **fn_kwargs)
+        if aggregator in ("pair", "slices"):
+            return self._pair_or_slice(aggregator, aggregate_fn, **fn_kwargs)
         aggregator = None if aggregator == "scores" else aggregator
         if aggregator is not None and aggregate_fn is not None:
             raise ValueError(f"aggregator={aggregator!r} is a function id: give it or aggregate_fn, not both.")
@@ -117,6 +122,8 @@ class FeatureAttributionSequenceOutput:
         rescale: bool,
         source_spans=None,
         target_spans=None,
+        split_pattern: str | None = None,
+        split_mode: str = "single",
         special_chars: str | tuple[str, ...] | None = None,
         is_suffix_symbol: bool = False,
         aggregate_source: bool = True,
@@ -133,12 +140,33 @@ class FeatureAttributionSequenceOutput:
             special_chars = special_chars or sp.detect_marker([t.token for t in tokens])
             source_spans = sp.word_spans(self.source, special_chars, is_suffix_symbol, keep) if aggregate_source else []
             target_spans = sp.word_spans(self.target, special_chars, is_suffix_symbol, keep) if aggregate_target else []
+        elif aggregator == "split":
+            if split_pattern is None:
+                raise ValueError("aggregate('split') needs split_pattern=<a regular expression>.")
+            split = [sp.split_spans([t.token for t in tokens], split_pattern, split_mode) if on else []
+                     for tokens, on in ((self.source, aggregate_source), (self.target, aggregate_target))]  # fmt: skip
+            source_spans, target_spans = split
         else:
             if source_spans is None and target_spans is None:
                 raise ValueError("aggregate('spans') needs source_spans and/or target_spans.")
             source_spans = sp.normalize_spans(source_spans, len(self.source), "source_spans")
             target_spans = sp.normalize_spans(target_spans, len(self.target), "target_spans")
         return sp.merge_spans(base, source_spans, target_spans, aggregate_fn or "absmax", step_score_fns)
+
+    def _pair_or_slice(
+        self, aggregator: str, aggregate_fn=None, paired_attr=None, source_spans=None, target_spans=None
+    ) -> FeatureAttributionSequenceOutput:
+        """Inseq's ``"pair"`` (with ``paired_attr``) and ``"slices"`` aggregators, on the scores as they are."""
+        from inseq_ray import spans as sp
+        from inseq_ray.pairing import pair
+
+        if aggregator == "pair":
+            if not isinstance(paired_attr, FeatureAttributionSequenceOutput):
+                raise ValueError("aggregate('pair') needs paired_attr=<the other FeatureAttributionSequenceOutput>.")
+            return pair(self, paired_attr, aggregate_fn)
+        source = None if source_spans is None else sp.normalize_spans(source_spans, len(self.source), "source_spans", 1)
+        target = None if target_spans is None else sp.normalize_spans(target_spans, len(self.target), "target_spans", 1)
+        return sp.slice_spans(self, source, target)
 
     def weight_attributions(self, step_score: str) -> FeatureAttributionSequenceOutput:
         """Multiply each step's scores by that step's ``step_score`` (e.g. ``probability``), in place as Inseq
@@ -217,7 +245,17 @@ class FeatureAttributionOutput:
 
     def aggregate(self, aggregator: str | Sequence | None = None, **kwargs: Any) -> FeatureAttributionOutput:
         """Aggregate every sequence (default: L2 norm over hidden, then per-step normalisation; see
-        :meth:`FeatureAttributionSequenceOutput.aggregate` for ``"subwords"`` and ``"spans"``)."""
+        :meth:`FeatureAttributionSequenceOutput.aggregate` for the token aggregators). ``"pair"`` with a
+        ``paired_attr`` output pairs the sequences one to one."""
+        paired = kwargs.get("paired_attr")
+        if isinstance(paired, FeatureAttributionOutput):
+            if len(paired) != len(self):
+                raise ValueError(f"aggregate('pair'): {len(self)} sequences but paired_attr has {len(paired)}.")
+            seqs = [
+                s.aggregate(aggregator, **{**kwargs, "paired_attr": p})
+                for s, p in zip(self.sequence_attributions, paired.sequence_attributions, strict=True)
+            ]
+            return FeatureAttributionOutput(seqs, dict(self.info))
         seqs = [s.aggregate(aggregator, **kwargs) for s in self.sequence_attributions]
         return FeatureAttributionOutput(seqs, dict(self.info))
 

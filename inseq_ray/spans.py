@@ -1,4 +1,5 @@
-"""Token-span aggregation (Inseq's ``"spans"`` and ``"subwords"`` aggregators), pure functions.
+"""Token-span aggregation (Inseq's ``"spans"``, ``"subwords"``, ``"split"`` and ``"slices"`` aggregators), pure
+functions.
 
 A span is ``(start, end)``, end exclusive, over a token list. Merging a source span merges rows of
 ``source_attributions``; merging a target span merges rows of ``target_attributions`` and, for the
@@ -9,7 +10,9 @@ concatenation of its pieces with id -1 (as Inseq). Spans never cross the prompt/
 
 from __future__ import annotations
 
+import bisect
 import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -34,8 +37,8 @@ STEP_SCORE_SPAN_FNS = {  # Inseq's defaults; other scores use the attribution fu
 }
 
 
-def normalize_spans(spans: Span | Sequence[Span] | None, length: int, name: str) -> list[Span]:
-    """One span or a list of spans -> sorted, validated non-overlapping spans of >= 2 tokens."""
+def normalize_spans(spans: Span | Sequence[Span] | None, length: int, name: str, shortest: int = 2) -> list[Span]:
+    """One span or a list of spans -> sorted, validated non-overlapping spans of >= ``shortest`` tokens."""
     if not spans:
         return []
     given: list[tuple] = [tuple(spans)] if isinstance(spans[0], int) else [tuple(s) for s in spans]  # type: ignore[arg-type]
@@ -47,7 +50,7 @@ def normalize_spans(spans: Span | Sequence[Span] | None, length: int, name: str)
                 f"0..{length}."
             )
         previous_end = s[1]
-    return [(s[0], s[1]) for s in given if s[1] - s[0] > 1]
+    return [(s[0], s[1]) for s in given if s[1] - s[0] >= shortest]
 
 
 def word_spans(
@@ -157,3 +160,68 @@ def _merge_tokens(tokens: list[TokenWithId], spans: list[Span]) -> list[TokenWit
         out.append(TokenWithId("".join(t.token for t in tokens[a:b]), -1))
         pos = b
     return out + tokens[pos:]
+
+
+SPLIT_MODES = ("single", "start", "end")
+
+
+def split_spans(tokens: Sequence[str], pattern: str, mode: str = "single") -> list[Span]:
+    """Inseq's ``"split"`` aggregator: the tokens' text (joined) cut where ``pattern`` (a regular expression)
+    matches. ``mode``: ``single`` keeps each match its own span, ``start`` joins it to the tokens after it,
+    ``end`` to those before it. Spans of one token are left out (nothing to merge); no match: no spans."""
+    if mode not in SPLIT_MODES:
+        raise ValueError(f"split_mode={mode!r}: valid are {', '.join(SPLIT_MODES)}.")
+    ends = list(itertools.accumulate(len(t) for t in tokens))  # char end of each token
+    matched: list[Span] = []
+    for m in re.finditer(pattern, "".join(tokens)):
+        if m.end() > m.start():
+            a, b = bisect.bisect_right(ends, m.start()), bisect.bisect_left(ends, m.end()) + 1
+            a = max(a, matched[-1][1]) if matched else a  # a token two matches share goes to the first
+            if b > a:
+                matched.append((a, b))
+    if not matched:
+        return []
+    cuts = sorted({0, len(tokens), *(i for span in matched for i in span)})
+    pieces = list(itertools.pairwise(cuts))
+    is_match = [p in matched for p in pieces]
+    if mode != "single":
+        pieces = _joined(pieces, is_match, after=mode == "start")
+    return [p for p in pieces if p[1] - p[0] > 1]
+
+
+def _joined(pieces: list[Span], is_match: list[bool], after: bool) -> list[Span]:
+    """Each match joined to the non-matched run after it (``after``) or before it."""
+    out: list[Span] = []
+    out_match = False
+    for (a, b), match in zip(pieces, is_match, strict=True):
+        starts_new = match if after else (not out or out_match)
+        if out and not starts_new:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+        out_match = match
+    return out
+
+
+def slice_spans(
+    seq: FeatureAttributionSequenceOutput, source_spans: list[Span] | None, target_spans: list[Span] | None
+) -> FeatureAttributionSequenceOutput:
+    """Inseq's ``"slices"`` aggregator: only the tokens inside the spans are kept (the generated tokens always),
+    with their scores; decoder-only outputs slice their prompt with ``target_spans``."""
+    start, end = seq.attr_pos_start, seq.attr_pos_end
+    prompt = [(a, min(b, start)) for a, b in (target_spans or []) if a < start]
+    keep_t = [i for a, b in prompt for i in range(a, b)] + list(range(start, len(seq.target)))
+    if seq.source_attributions is None and target_spans is not None:  # decoder-only: the source is the prompt
+        source_spans = [(a, min(b, len(seq.source))) for a, b in prompt if a < len(seq.source)]
+    keep_s = [i for a, b in (source_spans or [(0, len(seq.source))]) for i in range(a, b)]
+    new_start = len(keep_t) - (len(seq.target) - start)
+    tgt, src = seq.target_attributions, seq.source_attributions
+    return replace(
+        seq,
+        source=[seq.source[i] for i in keep_s],
+        target=[seq.target[i] for i in keep_t],
+        source_attributions=None if src is None else src[keep_s],
+        target_attributions=None if tgt is None else tgt[keep_t],
+        attr_pos_start=new_start,
+        attr_pos_end=new_start + (end - start),
+    )

@@ -362,10 +362,12 @@ def test_explain_prints_each_registrys_own_documentation_and_every_aggregator_wo
     with pytest.raises(UnknownIdError, match="Unknown identifier 'bogus'. Valid ids: .*saliency.*subwords"):
         inseq.explain("bogus")
     out = gpt2.attribute("the cat sees a bird", "the cat sees a bird and the dog", show_progress=False)
-    kwargs = {"spans": {"source_spans": (0, 2)}}
+    kwargs = {"spans": {"source_spans": (0, 2)}, "split": {"split_pattern": "Ġ"}, "slices": {"target_spans": (0, 2)},
+              "pair": {"paired_attr": out}}  # fmt: skip
     for name in inseq.list_aggregators():
         inseq.explain(name)
         assert capsys.readouterr().out.strip()
-        assert out.aggregate(name, **kwargs.get(name, {}))[0].attribution_dims == ()
+        kept = name in ("pair", "slices")  # Inseq's: they act on the scores as they are (granular stays granular)
+        assert out.aggregate(name, **kwargs.get(name, {}))[0].attribution_dims == (("hidden",) if kept else ())
     assert torch.equal(out.aggregate("scores")[0].target_attributions.nan_to_num(),
                        out.aggregate()[0].target_attributions.nan_to_num())  # fmt: skip
