@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from inseq_ray.baselines import batch_baselines
 from inseq_ray.batching import AttributedBatch, fit, plan_batches, token_lengths
+from inseq_ray.call_options import apply_default_method, clean_special_chars, on_device, pop_call_options
 from inseq_ray.engine import MethodContext, MethodResult
 from inseq_ray.errors import InputError
 from inseq_ray.models.encoding import EncodedBatch, check_texts
@@ -83,12 +84,28 @@ def stream_texts(am: AttributionModel, args: tuple, kwargs: dict) -> Iterator[At
     bound.apply_defaults()
     options = dict(bound.arguments)
     del options["self"]
-    extra = options.pop("kwargs")
+    extra = dict(options.pop("kwargs"))
+    opts = pop_call_options(extra)
+    if opts["device"] is not None or opts["clean_special_chars"]:
+        raise InputError("device= and clean_special_chars= are attribute()'s; load the model on its device instead.")
+    apply_default_method(am, options["method"], opts["override_default_attribution"])
     return stream_call(am, prepare_call(am, options, extra), bool(options["show_progress"]))
 
 
 def attribute_texts(am: AttributionModel, options: Mapping[str, Any], extra: dict) -> FeatureAttributionOutput:
-    """``attribute()`` with its arguments by name (``options``) and its extra keyword arguments (``extra``)."""
+    """``attribute()`` with its arguments by name (``options``) and its extra keyword arguments (``extra``; Inseq's
+    call options among them: :mod:`inseq_ray.call_options`)."""
+    extra = dict(extra)
+    opts = pop_call_options(extra)
+    apply_default_method(am, options["method"], opts["override_default_attribution"])
+    with on_device(am, opts["device"]):
+        out = _attribute_texts(am, options, extra)
+    if opts["clean_special_chars"]:
+        clean_special_chars(out.sequence_attributions, am.tokenizer)
+    return out
+
+
+def _attribute_texts(am: AttributionModel, options: Mapping[str, Any], extra: dict) -> FeatureAttributionOutput:
     start = time.perf_counter()
     call = prepare_call(am, options, extra)
     outputs: dict[int, FeatureAttributionSequenceOutput] = {}

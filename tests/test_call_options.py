@@ -1,0 +1,59 @@
+"""Inseq's per-call options of attribute() (issue #26): clean_special_chars equal to Inseq 0.7.1's tokens,
+override_default_attribution, device (moved for the call and back), pretty_progress accepted."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import inseq_ray
+from inseq_ray.errors import InputError
+
+inseq = pytest.importorskip("inseq")
+
+SOURCE, TARGETS = "the cat sees a bird", {False: "the cat sees a bird and the dog", True: "a dog likes the tree"}
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bart"])
+def test_clean_special_chars_gives_inseqs_tokens(model_dir, name):
+    am = inseq_ray.load_model(model_dir[name], "saliency", device="cpu")
+    target = TARGETS[am.is_encoder_decoder]
+    ours = am.attribute(SOURCE, target, clean_special_chars=True, show_progress=False)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = inseq.load_model(model_dir[name], "saliency").attribute(
+            SOURCE, target, clean_special_chars=True, show_progress=False
+        )[0]
+    assert [t.token for t in ours.target] == [t.token for t in theirs.target]
+    if am.is_encoder_decoder:
+        assert [t.token for t in ours.source] == [t.token for t in theirs.source]
+    plain = am.attribute(SOURCE, target, show_progress=False)[0]
+    assert [t.id for t in plain.target] == [t.id for t in ours.target]  # ids kept
+    assert any(a.token != b.token for a, b in zip(plain.target, ours.target, strict=True))
+
+
+def test_override_default_attribution(model_dir):
+    am = inseq_ray.load_model(model_dir["gpt2"], "saliency", device="cpu")
+    am.attribute(SOURCE, TARGETS[False], method="input_x_gradient", show_progress=False)
+    assert am.default_method == "saliency"
+    out = am.attribute(SOURCE, TARGETS[False], method="input_x_gradient", override_default_attribution=True,
+                       show_progress=False)  # fmt: skip
+    assert am.default_method == "input_x_gradient" == out.info["attribution_method"]
+    assert am.attribute(SOURCE, TARGETS[False], show_progress=False).info["attribution_method"] == "input_x_gradient"
+
+
+def test_device_for_one_call_and_pretty_progress(model_dir, tmp_path):
+    am = inseq_ray.load_model(model_dir["gpt2"], "saliency", device="cpu")
+    a = am.attribute(SOURCE, TARGETS[False], device="cpu", pretty_progress=False, show_progress=False)[0]
+    b = am.attribute(SOURCE, TARGETS[False], show_progress=False)[0]
+    assert torch.equal(a.target_attributions.nan_to_num(), b.target_attributions.nan_to_num())
+    assert am.device == torch.device("cpu")
+    with pytest.raises(InputError, match="attribute\\(\\)'s"):
+        am.attribute_stream(SOURCE, TARGETS[False], device="cpu")
+    from tests.test_placement import _dispatched
+
+    spread = _dispatched(model_dir["gpt2"], tmp_path)
+    with pytest.raises(InputError, match="device_map"):
+        spread.attribute(SOURCE, TARGETS[False], device="meta", show_progress=False)
