@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from inseq_ray.baselines import batch_baselines
 from inseq_ray.batching import AttributedBatch, fit, plan_batches, token_lengths
-from inseq_ray.call_options import apply_default_method, clean_special_chars, on_device, pop_call_options
+from inseq_ray.call_options import (
+    apply_default_method,
+    clean_special_chars,
+    on_device,
+    pop_call_options,
+    without_special_tokens,
+)
 from inseq_ray.engine import MethodContext, MethodResult
 from inseq_ray.errors import InputError
 from inseq_ray.models.encoding import EncodedBatch, check_texts
@@ -41,6 +47,7 @@ class PreparedCall:
     batches: list[list[int]]
     generation_args: dict
     attr_pos: tuple[int | None, int | None]
+    add_special_tokens: bool = True  # off with Inseq's skip_special_tokens=True
 
 
 def prepare_call(am: AttributionModel, options: Mapping[str, Any], extra: dict) -> PreparedCall:
@@ -51,13 +58,15 @@ def prepare_call(am: AttributionModel, options: Mapping[str, Any], extra: dict) 
     facts = ModelFacts(am.is_encoder_decoder, am.device.type == "cuda", am.default_method)
     settings = resolve_settings(facts, len(inputs), options, extra)
     generation_args = dict(options["generation_args"] or {})
-    targets, target_ids = am._targets(inputs, options["generated_texts"], options["batch_size"], generation_args)
+    skip = bool(extra.get("skip_special_tokens", False))  # also the contrast inputs' (see contrast.ContrastSpec)
+    inputs, given = without_special_tokens(am.tokenizer, inputs, options["generated_texts"], skip)
+    targets, target_ids = am._targets(inputs, given, options["batch_size"], generation_args, not skip)
     keys = _record_keys(options["record_keys"], inputs, targets)
     lengths = token_lengths(am.tokenizer, am.is_encoder_decoder, inputs, targets, target_ids)
     batches = plan_batches(lengths, options["batch_size"] or len(inputs), settings.rows_per_batch(
         options["max_batch_tokens"]))  # fmt: skip
     attr_pos = (options["attr_pos_start"], options["attr_pos_end"])
-    return PreparedCall(settings, inputs, targets, target_ids, keys, batches, generation_args, attr_pos)
+    return PreparedCall(settings, inputs, targets, target_ids, keys, batches, generation_args, attr_pos, not skip)
 
 
 def stream_call(am: AttributionModel, call: PreparedCall, show_progress: bool) -> Iterator[AttributedBatch]:
@@ -69,7 +78,7 @@ def stream_call(am: AttributionModel, call: PreparedCall, show_progress: bool) -
         def attribute(group: list[int]) -> list[FeatureAttributionSequenceOutput]:
             ids = None if call.target_ids is None else [call.target_ids[i] for i in group]
             texts = [call.inputs[i] for i in group], [call.targets[i] for i in group]
-            batch = am._encode(*texts, call.attr_pos, ids)
+            batch = am._encode(*texts, call.attr_pos, ids, call.add_special_tokens)
             return am._attribute_batch(batch, call.settings, group, [call.keys[i] for i in group])
 
         yield from fit(idx, attribute)

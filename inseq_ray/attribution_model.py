@@ -102,12 +102,13 @@ class AttributionModel:
         in, its input indices, their ``FeatureAttributionSequenceOutput``s). Checked, and targets generated, first."""
         return stream_texts(self, args, kwargs)
 
-    def _targets(self, inputs: list[str], generated, batch_size: int | None, generation_args: dict) -> tuple:
-        """(target texts, target ids or None): forced targets as given, else generated ones with their ids."""
-        for i, ids in enumerate(self.tokenizer(inputs)["input_ids"]):  # before generate() can crash on them
+    def _targets(self, inputs: list[str], generated, batch_size: int | None, generation_args: dict, add=True) -> tuple:
+        """(target texts, target ids or None): forced targets as given, else generated ones with their ids
+        (``add``: the tokenizer's special tokens added)."""
+        for i, ids in enumerate(self.tokenizer(inputs, add_special_tokens=add)["input_ids"]):  # before generate()
             check_length(ids, self.max_length, "input_texts", i)
         if generated is None:
-            return generate_targets(self.model, self.tokenizer, inputs, batch_size, generation_args)
+            return generate_targets(self.model, self.tokenizer, inputs, batch_size, generation_args, add)
         targets = [generated] if isinstance(generated, str) else list(generated)
         if len(targets) != len(inputs):
             raise InputError(
@@ -130,11 +131,13 @@ class AttributionModel:
             )
         return int(start)
 
-    def _encode(self, inputs: list[str], targets: list[str], attr_pos: tuple, ids: list | None) -> EncodedBatch:
+    def _encode(
+        self, inputs: list[str], targets: list[str], attr_pos: tuple, ids: list | None, add=True
+    ) -> EncodedBatch:
         if self.is_encoder_decoder:
             start = int(self.decoder_start() or 0)  # an encoder-decoder's start: never None (see decoder_start)
-            return encode_encoder_decoder(self.tokenizer, inputs, targets, start, self.max_length, attr_pos, ids)
-        return encode_decoder_only(self.tokenizer, inputs, targets, self.max_length, attr_pos, ids)
+            return encode_encoder_decoder(self.tokenizer, inputs, targets, start, self.max_length, attr_pos, ids, add)
+        return encode_decoder_only(self.tokenizer, inputs, targets, self.max_length, attr_pos, ids, add)
 
     def baseline_ids(self, ids: torch.Tensor, include_eos_baseline: bool) -> torch.Tensor:
         """(B, L) ids -> baseline ids: UNK everywhere, EOS kept unless ``include_eos_baseline``."""

@@ -1,7 +1,7 @@
 """Inseq's per-call options of ``attribute()`` that are not about the attribution itself: where the call runs
 (``device``), whether its method becomes the model's default (``override_default_attribution``), how tokens are
-shown (``clean_special_chars``) and the progress bar's style (``pretty_progress``). Taken from the call's keyword
-arguments before the settings are resolved."""
+shown (``clean_special_chars``), the progress bar's style (``pretty_progress``), and the texts without special
+tokens (``skip_special_tokens``). Taken from the call's keyword arguments before the settings are resolved."""
 
 from __future__ import annotations
 
@@ -67,3 +67,19 @@ def clean_special_chars(seqs: list[FeatureAttributionSequenceOutput], tokenizer:
 
 def _clean(tokenizer: Any, token: str) -> str:
     return str(tokenizer.convert_tokens_to_string([token]))
+
+
+def without_special_tokens(tokenizer: Any, inputs: list[str], generated: Any, skip: bool) -> tuple[list[str], Any]:
+    """Inseq's ``skip_special_tokens=True``: the tokenizer's special-token strings (``<s>``, ``</s>``, ...) removed
+    from the input and the given target texts (which are then encoded without the tokenizer adding any)."""
+    if not skip:
+        return inputs, generated
+
+    def cleaned(text: str) -> str:
+        for token in tokenizer.all_special_tokens:
+            text = text.replace(token, "")
+        return text
+
+    if generated is not None:
+        generated = cleaned(generated) if isinstance(generated, str) else [cleaned(t) for t in generated]
+    return [cleaned(t) for t in inputs], generated

@@ -76,7 +76,8 @@ def resolve_settings(facts: ModelFacts, n_inputs: int, options: Mapping[str, Any
     method_kw, fn_kw, scores_from_extra = route_kwargs(method_id, spec.fn, fn, score_fns, extra)
     method_kw = {**method_kw, **(options["attribution_args"] or {})}
     contrast = ContrastSpec.from_kwargs(contrast_kw, n_inputs, facts.is_encoder_decoder)
-    check_contrast_use(contrast_users(fn, score_fns), bool(contrast_kw), contrast is not None, API_SPELLING)
+    given = bool(set(contrast_kw) - {"skip_special_tokens"})  # a call-wide option, the contrast inputs' too
+    check_contrast_use(contrast_users(fn, score_fns), given, contrast is not None, API_SPELLING)
     check_kl_force(fn, contrast)
     _check_engine_options(options)
     return AttributeSettings(

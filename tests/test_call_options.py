@@ -57,3 +57,27 @@ def test_device_for_one_call_and_pretty_progress(model_dir, tmp_path):
     spread = _dispatched(model_dir["gpt2"], tmp_path)
     with pytest.raises(InputError, match="device_map"):
         spread.attribute(SOURCE, TARGETS[False], device="meta", show_progress=False)
+
+
+@pytest.mark.parametrize("name", ["llama", "bart"])
+def test_skip_special_tokens_equals_inseqs(model_dir, name):
+    """No special tokens added (Llama's BOS, BART's <s> and </s>) and their strings removed from the texts:
+    the same tokens and scores as Inseq 0.7.1 with skip_special_tokens=True."""
+    am = inseq_ray.load_model(model_dir[name], "saliency", device="cpu")
+    target = TARGETS[am.is_encoder_decoder]
+    source = "<s>" + SOURCE if not am.is_encoder_decoder else SOURCE
+    ours = am.attribute(source, ("<s>" if not am.is_encoder_decoder else "") + target, skip_special_tokens=True,
+                        show_progress=False, attribute_target=am.is_encoder_decoder)[0].aggregate()  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = inseq.load_model(model_dir[name], "saliency").attribute(
+            source, ("<s>" if not am.is_encoder_decoder else "") + target, skip_special_tokens=True,
+            show_progress=False, attribute_target=am.is_encoder_decoder,
+        )[0].aggregate()  # fmt: skip
+    assert [t.token for t in ours.target] == [t.token for t in theirs.target]
+    assert [t.token for t in ours.source] == [t.token for t in theirs.source]
+    assert am.tokenizer.bos_token not in [t.token for t in ours.source + ours.target[1:]]
+    for side in ("source_attributions", "target_attributions"):
+        a, b = getattr(ours, side), getattr(theirs, side)
+        if a is not None and b is not None:
+            assert torch.allclose(a.float(), b.float(), equal_nan=True, atol=1e-4), side

@@ -114,14 +114,16 @@ def encode_encoder_decoder(
     limit: int | None,
     attr_pos: tuple[int | None, int | None] = (None, None),
     target_ids: list[list[int]] | None = None,
+    add_special_tokens: bool = True,
 ) -> EncodedBatch:
-    """Sources -> encoder ids; targets -> ``[decoder_start] + target ids`` (EOS included).
+    """Sources -> encoder ids; targets -> ``[decoder_start] + target ids`` (EOS included unless
+    ``add_special_tokens`` is off: Inseq's ``skip_special_tokens``).
 
     ``target_ids`` (decoder inputs, start token included) skips re-tokenising generated texts.
     """
-    src = tokenizer(sources, add_special_tokens=True)["input_ids"]
+    src = tokenizer(sources, add_special_tokens=add_special_tokens)["input_ids"]
     if target_ids is None:
-        tgt = tokenizer(text_target=targets, add_special_tokens=True)["input_ids"]
+        tgt = tokenizer(text_target=targets, add_special_tokens=add_special_tokens)["input_ids"]
         tgt = [[decoder_start_id, *t] for t in tgt]
     else:
         tgt = [list(t) for t in target_ids]
@@ -151,8 +153,10 @@ def encode_decoder_only(
     limit: int | None,
     attr_pos: tuple[int | None, int | None] = (None, None),
     target_ids: list[list[int]] | None = None,
+    add_special_tokens: bool = True,
 ) -> EncodedBatch:
-    """Full texts (prompt + continuation) -> ids; attribution starts after the prompt's tokens.
+    """Full texts (prompt + continuation) -> ids; attribution starts after the prompt's tokens (the tokenizer's
+    special tokens added unless ``add_special_tokens`` is off: Inseq's ``skip_special_tokens``).
 
     ``target_ids`` (prompt ids + generated ids) skips re-tokenising generated texts.
     """
@@ -163,8 +167,8 @@ def encode_decoder_only(
                 "decoder-only model the target is the full text, prompt included; prepend the prompt.",
                 Reason.TARGET_MISMATCH,
             )
-    full = tokenizer(targets, add_special_tokens=True)["input_ids"] if target_ids is None else target_ids
-    prompt_lens = [len(p) for p in tokenizer(prompts, add_special_tokens=True)["input_ids"]]
+    full = tokenizer(targets, add_special_tokens=add_special_tokens)["input_ids"] if target_ids is None else target_ids
+    prompt_lens = [len(p) for p in tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]]
     for i, t in enumerate(full):
         check_length(t, limit, "generated_texts", i)
         if len(t) <= prompt_lens[i] and attr_pos[0] is None:

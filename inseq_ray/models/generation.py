@@ -14,6 +14,7 @@ def generate_targets(
     texts: list[str],
     batch_size: int | None,
     generation_args: dict,
+    add_special_tokens: bool = True,
 ) -> tuple[list[str], list[list[int]]]:
     """Generated texts and the token ids to attribute, ``batch_size`` texts per ``generate`` call.
 
@@ -29,7 +30,10 @@ def generate_targets(
     tokenizer.padding_side = "right" if is_enc_dec else "left"
     try:
         for s in range(0, len(texts), size):
-            enc = tokenizer(texts[s : s + size], return_tensors="pt", padding=True).to(input_device(model))
+            enc = tokenizer(
+                texts[s : s + size], return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
+            )
+            enc = enc.to(input_device(model))
             with torch.no_grad():
                 ids = model.generate(**enc, pad_token_id=tokenizer.pad_token_id, **generation_args)  # type: ignore[operator]
             decoded = tokenizer.batch_decode(ids, skip_special_tokens=True)
