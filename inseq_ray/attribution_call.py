@@ -14,6 +14,7 @@ from inseq_ray.baselines import batch_baselines
 from inseq_ray.batching import AttributedBatch, fit, plan_batches, token_lengths
 from inseq_ray.call_options import (
     apply_default_method,
+    check_prefix_generation,
     clean_special_chars,
     on_device,
     pop_call_options,
@@ -56,11 +57,14 @@ def prepare_call(am: AttributionModel, options: Mapping[str, Any], extra: dict) 
     inputs = [texts] if isinstance(texts, str) else list(texts)
     check_texts(inputs, "input_texts")
     facts = ModelFacts(am.is_encoder_decoder, am.device.type == "cuda", am.default_method)
+    extra = dict(extra)
+    from_prefix = bool(extra.pop("generate_from_target_prefix", False))
+    check_prefix_generation(am.is_encoder_decoder, from_prefix, options["generated_texts"])
     settings = resolve_settings(facts, len(inputs), options, extra)
     generation_args = dict(options["generation_args"] or {})
     skip = bool(extra.get("skip_special_tokens", False))  # also the contrast inputs' (see contrast.ContrastSpec)
     inputs, given = without_special_tokens(am.tokenizer, inputs, options["generated_texts"], skip)
-    targets, target_ids = am._targets(inputs, given, options["batch_size"], generation_args, not skip)
+    targets, target_ids = am._targets(inputs, given, options["batch_size"], generation_args, not skip, from_prefix)
     keys = _record_keys(options["record_keys"], inputs, targets)
     lengths = token_lengths(am.tokenizer, am.is_encoder_decoder, inputs, targets, target_ids)
     batches = plan_batches(lengths, options["batch_size"] or len(inputs), settings.rows_per_batch(

@@ -28,7 +28,7 @@ from inseq_ray.models.encoding import (
     encode_decoder_only,
     encode_encoder_decoder,
 )
-from inseq_ray.models.generation import generate_targets
+from inseq_ray.models.generation import generate_from_prefixes, generate_targets
 from inseq_ray.output import FeatureAttributionOutput, FeatureAttributionSequenceOutput
 from inseq_ray.settings import AttributeSettings
 
@@ -102,9 +102,11 @@ class AttributionModel:
         in, its input indices, their ``FeatureAttributionSequenceOutput``s). Checked, and targets generated, first."""
         return stream_texts(self, args, kwargs)
 
-    def _targets(self, inputs: list[str], generated, batch_size: int | None, generation_args: dict, add=True) -> tuple:
+    def _targets(
+        self, inputs: list[str], generated, batch_size: int | None, generation_args: dict, add=True, prefix=False
+    ) -> tuple:
         """(target texts, target ids or None): forced targets as given, else generated ones with their ids
-        (``add``: the tokenizer's special tokens added)."""
+        (``add``: the tokenizer's special tokens added; ``prefix``: the given targets are prefixes to continue)."""
         for i, ids in enumerate(self.tokenizer(inputs, add_special_tokens=add)["input_ids"]):  # before generate()
             check_length(ids, self.max_length, "input_texts", i)
         if generated is None:
@@ -115,6 +117,9 @@ class AttributionModel:
                 f"{len(inputs)} input_texts but {len(targets)} generated_texts: give one target per input."
             )
         check_texts(targets, "generated_texts")
+        if prefix:
+            start = int(self.decoder_start() or 0)
+            return generate_from_prefixes(self.model, self.tokenizer, inputs, targets, start, generation_args, add)
         return targets, None
 
     def decoder_start(self) -> int | None:

@@ -83,3 +83,17 @@ def without_special_tokens(tokenizer: Any, inputs: list[str], generated: Any, sk
     if generated is not None:
         generated = cleaned(generated) if isinstance(generated, str) else [cleaned(t) for t in generated]
     return [cleaned(t) for t in inputs], generated
+
+
+def check_prefix_generation(is_encoder_decoder: bool, from_prefix: bool, generated: Any) -> None:
+    """``generate_from_target_prefix=True`` continues the given targets of an encoder-decoder; elsewhere it would
+    do nothing, so it is refused (Inseq ignores it with a warning)."""
+    if not from_prefix:
+        return
+    if not is_encoder_decoder:
+        raise InputError(
+            "generate_from_target_prefix applies to encoder-decoder models; for a decoder-only model put the prefix "
+            "at the end of input_texts."
+        )
+    if generated is None:
+        raise InputError("generate_from_target_prefix=True continues generated_texts: give the target prefixes.")

@@ -81,3 +81,25 @@ def test_skip_special_tokens_equals_inseqs(model_dir, name):
         a, b = getattr(ours, side), getattr(theirs, side)
         if a is not None and b is not None:
             assert torch.allclose(a.float(), b.float(), equal_nan=True, atol=1e-4), side
+
+
+def test_generate_from_target_prefix_equals_inseqs(model_dir):
+    """An encoder-decoder continues the given target prefixes (greedy): the same generated text as Inseq 0.7.1
+    (whose tokens then differ where it re-tokenises that text: README, Differences, "generation"); a decoder-only
+    model refuses the option (it would do nothing)."""
+    am = inseq_ray.load_model(model_dir["bart"], "saliency", device="cpu")
+    gen = {"max_new_tokens": 4, "do_sample": False}
+    sources, prefixes = [SOURCE, "the old tree near the river"], ["a dog", "the"]
+    ours = am.attribute(sources, prefixes, generate_from_target_prefix=True, generation_args=gen, show_progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = inseq.load_model(model_dir["bart"], "saliency")
+        theirs = [model.attribute(s, p, generate_from_target_prefix=True, generation_args=dict(gen),
+                                  show_progress=False) for s, p in zip(sources, prefixes, strict=True)]  # fmt: skip
+    assert ours.info["generated_texts"] == [t.info["generated_texts"][0] for t in theirs]
+    for seq, prefix in zip(ours, prefixes, strict=True):
+        assert am.tokenizer.decode([t.id for t in seq.target], skip_special_tokens=True).startswith(prefix)
+        assert seq.attr_pos_start == 1 and seq.n_steps > len(am.tokenizer(text_target=prefix)["input_ids"]) - 1
+    with pytest.raises(InputError, match="encoder-decoder"):
+        inseq_ray.load_model(model_dir["gpt2"], device="cpu").attribute(SOURCE, SOURCE + " x",
+                                                                         generate_from_target_prefix=True)  # fmt: skip

@@ -52,6 +52,35 @@ def generate_targets(
     return out_texts, out_ids
 
 
+def generate_from_prefixes(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    prefixes: list[str],
+    decoder_start: int,
+    generation_args: dict,
+    add_special_tokens: bool = True,
+) -> tuple[list[str], list[list[int]]]:
+    """Encoder-decoder generation continuing given target prefixes (Inseq's ``generate_from_target_prefix``): each
+    text's decoder starts from ``[decoder_start] + prefix ids`` (the prefix encoded without special tokens); one
+    ``generate`` per text, since prefixes differ in length. Returns the texts and the ids to attribute."""
+    out_texts: list[str] = []
+    out_ids: list[list[int]] = []
+    device = input_device(model)
+    for text, prefix in zip(texts, prefixes, strict=True):
+        enc = tokenizer([text], return_tensors="pt", add_special_tokens=add_special_tokens).to(device)
+        start = [decoder_start, *tokenizer(text_target=prefix, add_special_tokens=False)["input_ids"]]
+        with torch.no_grad():
+            ids = model.generate(  # type: ignore[operator]
+                **enc, decoder_input_ids=torch.tensor([start], device=device), pad_token_id=tokenizer.pad_token_id,
+                **generation_args,
+            )  # fmt: skip
+        row = kept_ids(ids[0].tolist(), 0, 0, tokenizer, True)
+        out_ids.append(row)
+        out_texts.append(str(tokenizer.decode(row, skip_special_tokens=True)))
+    return out_texts, out_ids
+
+
 def kept_ids(
     row: list[int], prompt_width: int, prompt_len: int, tokenizer: PreTrainedTokenizerBase, is_enc_dec: bool
 ) -> list[int]:
