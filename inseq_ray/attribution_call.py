@@ -99,8 +99,11 @@ def stream_texts(am: AttributionModel, args: tuple, kwargs: dict) -> Iterator[At
     del options["self"]
     extra = dict(options.pop("kwargs"))
     opts = pop_call_options(extra)
-    if opts["device"] is not None or opts["clean_special_chars"]:
-        raise InputError("device= and clean_special_chars= are attribute()'s; load the model on its device instead.")
+    if opts["device"] is not None or opts["clean_special_chars"] or opts["output_step_attributions"]:
+        raise InputError(
+            "device=, clean_special_chars= and output_step_attributions= are attribute()'s (a stream yields each "
+            "batch's sequences as they come)."
+        )
     apply_default_method(am, options["method"], opts["override_default_attribution"])
     return stream_call(am, prepare_call(am, options, extra), bool(options["show_progress"]))
 
@@ -115,6 +118,10 @@ def attribute_texts(am: AttributionModel, options: Mapping[str, Any], extra: dic
         out = _attribute_texts(am, options, extra)
     if opts["clean_special_chars"]:
         clean_special_chars(out.sequence_attributions, am.tokenizer)
+    if opts["output_step_attributions"]:
+        from inseq_ray.step_outputs import step_outputs
+
+        out.step_attributions = step_outputs(out.sequence_attributions)
     return out
 
 

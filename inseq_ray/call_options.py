@@ -23,6 +23,7 @@ CALL_OPTIONS: dict[str, Any] = {
     "override_default_attribution": False,
     "clean_special_chars": False,
     "pretty_progress": True,  # accepted for Inseq's signature: inseq_ray's bar is tqdm's in every style
+    "output_step_attributions": False,
 }
 
 

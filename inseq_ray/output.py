@@ -232,7 +232,7 @@ class FeatureAttributionOutput:
 
     sequence_attributions: list[FeatureAttributionSequenceOutput]
     info: dict[str, Any] = field(default_factory=dict)
-    step_attributions: None = None
+    step_attributions: list | None = None  # FeatureAttributionStepOutput per step (output_step_attributions=True)
 
     def __len__(self) -> int:
         return len(self.sequence_attributions)

@@ -103,3 +103,27 @@ def test_generate_from_target_prefix_equals_inseqs(model_dir):
     with pytest.raises(InputError, match="encoder-decoder"):
         inseq_ray.load_model(model_dir["gpt2"], device="cpu").attribute(SOURCE, SOURCE + " x",
                                                                          generate_from_target_prefix=True)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bart"])
+def test_step_attributions_equal_inseqs(model_dir, name):
+    """output_step_attributions=True: each step's source and target-prefix scores, step scores and tokens equal
+    Inseq 0.7.1's step outputs (one sequence, saliency, granular)."""
+    am = inseq_ray.load_model(model_dir[name], "saliency", device="cpu")
+    enc_dec = am.is_encoder_decoder
+    kw = {"output_step_attributions": True, "step_scores": ["probability"], "attribute_target": enc_dec,
+          "show_progress": False}  # fmt: skip
+    ours = am.attribute(SOURCE, TARGETS[enc_dec], **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = inseq.load_model(model_dir[name], "saliency").attribute(SOURCE, TARGETS[enc_dec], **kw)
+    assert len(ours.step_attributions) == len(theirs.step_attributions) == ours[0].n_steps
+    for o, t in zip(ours.step_attributions, theirs.step_attributions, strict=True):
+        for side in ("source_attributions", "target_attributions"):
+            a, b = getattr(o, side), getattr(t, side)
+            assert (a is None) == (b is None), side
+            if a is not None:
+                assert torch.allclose(a.float(), b.float(), atol=1e-5), side
+        assert torch.allclose(o.step_scores["probability"], t.step_scores["probability"].float(), atol=1e-5)
+        assert [x.token for x in o.prefix[0]] == [x.token for x in t.prefix[0]]
+        assert [x.token for x in o.target[0]] == [x.token for x in t.target[0]]
