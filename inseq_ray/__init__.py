@@ -29,6 +29,9 @@ _EXPORTS = {
     "FeatureAttributionSequenceOutput": "inseq_ray.output",
     "TokenWithId": "inseq_ray.output",
     "merge_attributions": "inseq_ray.output",
+    "show_attributions": "inseq_ray.viz_views",
+    "show_granular_attributions": "inseq_ray.viz_views",
+    "show_token_attributions": "inseq_ray.viz_views",
     "StepFunctionArgs": "inseq_ray.step_scores",
     "list_step_functions": "inseq_ray.step_scores",
     "register_step_function": "inseq_ray.step_scores",
@@ -56,6 +59,7 @@ if TYPE_CHECKING:  # the names as a type checker (and an IDE) sees them
         merge_attributions,
     )
     from inseq_ray.step_scores import StepFunctionArgs, list_step_functions, register_step_function
+    from inseq_ray.viz_views import show_attributions, show_granular_attributions, show_token_attributions
 
 
 def __getattr__(name: str) -> Any:
@@ -98,4 +102,7 @@ __all__ = [
     "register_attribution_method",
     "register_model_config",
     "register_step_function",
+    "show_attributions",
+    "show_granular_attributions",
+    "show_token_attributions",
 ]

@@ -187,6 +187,14 @@ class FeatureAttributionSequenceOutput:
         """Render this sequence (see :meth:`FeatureAttributionOutput.show`)."""
         return FeatureAttributionOutput([self]).show(**kwargs)
 
+    def show_granular(self, **kwargs: Any):
+        """Inseq's granular view of this sequence (see :func:`inseq_ray.viz_views.show_granular_attributions`)."""
+        return FeatureAttributionOutput([self]).show_granular(**kwargs)
+
+    def show_tokens(self, **kwargs: Any):
+        """Inseq's token view of this sequence (see :func:`inseq_ray.viz_views.show_token_attributions`)."""
+        return FeatureAttributionOutput([self]).show_tokens(**kwargs)
+
     def plot(self, path: str, **kwargs: Any) -> list[str]:
         """Write this sequence's PNG heatmap to ``path``; returns ``[path]``."""
         return FeatureAttributionOutput([self]).plot(path, **kwargs)
@@ -297,6 +305,18 @@ class FeatureAttributionOutput:
         from inseq_ray.viz import show
 
         return show(self, **kwargs)
+
+    def show_granular(self, **kwargs: Any):
+        """Each step's scores along one extra dimension (:func:`inseq_ray.viz_views.show_granular_attributions`)."""
+        from inseq_ray.viz_views import show_granular_attributions
+
+        return show_granular_attributions(self, **kwargs)
+
+    def show_tokens(self, **kwargs: Any):
+        """The generated text, each token opening its scores (:func:`inseq_ray.viz_views.show_token_attributions`)."""
+        from inseq_ray.viz_views import show_token_attributions
+
+        return show_token_attributions(self, **kwargs)
 
     def plot(self, path: str, index: int | None = None, **kwargs: Any) -> list[str]:
         """Write one PNG heatmap per sequence (``x_0.png``, ``x_1.png`` when several; only ``index`` if given);
