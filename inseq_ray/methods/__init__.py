@@ -18,6 +18,7 @@ from inseq_ray.methods.attention import attention
 from inseq_ray.methods.dummy import dummy
 from inseq_ray.methods.gradient import deeplift, gradient_shap, input_x_gradient, integrated_gradients, saliency
 from inseq_ray.methods.layer import layer_deeplift, layer_gradient_x_activation, layer_integrated_gradients
+from inseq_ray.methods.lrp import attnlrp
 from inseq_ray.methods.perturbation import occlusion
 from inseq_ray.methods.sequential import sequential_integrated_gradients
 from inseq_ray.methods.surrogate import lime
@@ -94,6 +95,7 @@ METHODS: dict[str, MethodSpec] = {
     "layer_integrated_gradients": MethodSpec(layer_integrated_gradients, _arg("n_steps"), baselines=True),
     "layer_deeplift": MethodSpec(layer_deeplift, lambda kw: 2, baselines=True),
     "dummy": MethodSpec(dummy, granularity="token", memory="forward"),
+    "attnlrp": MethodSpec(attnlrp),
 }
 
 
