@@ -37,6 +37,9 @@ def main() -> None:
     if family == "llama":
         import transformers.models.llama.modeling_llama as modeling
         from lxt.efficient.models.llama import attnLRP
+    elif family == "qwen2":
+        import transformers.models.qwen2.modeling_qwen2 as modeling
+        from lxt.efficient.models.qwen2 import attnLRP
     else:
         import transformers.models.gpt2.modeling_gpt2 as modeling
         from lxt.efficient.models.gpt2 import attnLRP

@@ -1,4 +1,4 @@
-"""AttnLRP (issue #26): equal to LXT 2.1's own AttnLRP on the families LXT supports here (Llama, GPT-2), per step
+"""AttnLRP (issue #26): equal to LXT 2.1's own AttnLRP on the families LXT supports here (Llama, GPT-2, Qwen2), per step
 of a batch of sequences; the model is untouched afterwards."""
 
 from __future__ import annotations
@@ -25,8 +25,18 @@ def _lxt(path: str, family: str, prompt: str, text: str) -> list[torch.Tensor]:
     return [torch.tensor(step) for step in json.loads(out.stdout.strip().splitlines()[-1])]
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2"])
-def test_attnlrp_equals_lxt(model_dir, name):
+@pytest.fixture(scope="module")
+def lxt_models(model_dir, tmp_path_factory):
+    """The families LXT 2.1 has patch maps for and this matrix builds: Llama, GPT-2, Qwen2."""
+    from inseq_ray.toy import build_tiny_model
+
+    qwen2 = build_tiny_model("qwen2", tmp_path_factory.mktemp("qwen2") / "m", init_std=0.2)
+    return {"llama": model_dir["llama"], "gpt2": model_dir["gpt2"], "qwen2": str(qwen2)}
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "qwen2"])
+def test_attnlrp_equals_lxt(lxt_models, name):
+    model_dir = lxt_models
     am = inseq_ray.load_model(model_dir[name], "attnlrp", device="cpu")
     out = am.attribute(PROMPTS, TEXTS, attributed_fn="logit", show_progress=False)
     for seq, prompt, text in zip(out, PROMPTS, TEXTS, strict=True):
