@@ -85,9 +85,8 @@ def _halve_input(module: nn.Module, args: tuple) -> tuple:
     return (_scaled(args[0], 0.5), *args[1:])
 
 
-def _rule_hooks(model: nn.Module) -> list:
-    """One hook per module a rule applies to."""
-    handles = []
+def _rule_hooks(model: nn.Module, handles: list) -> None:
+    """One hook per module a rule applies to, appended to ``handles``."""
     for module in model.modules():
         name = type(module).__name__
         if isinstance(module, nn.LayerNorm) or (name.endswith("LayerNorm") and not name.startswith("T5")):
@@ -97,7 +96,6 @@ def _rule_hooks(model: nn.Module) -> list:
         for gate, down in (("gate_proj", "down_proj"), ("wi_0", "wo")):
             if hasattr(module, gate) and isinstance(getattr(module, down, None), nn.Module):
                 handles.append(getattr(module, down).register_forward_pre_hook(_halve_input))
-    return handles
 
 
 @contextlib.contextmanager
@@ -108,10 +106,11 @@ def attnlrp_rules(model: nn.Module) -> Iterator[list[int]]:
 
     configs = _configs_with_attn(model)
     saved = [(cfg, cfg._attn_implementation) for cfg in configs]
-    handles = _rule_hooks(model)
+    handles: list = []
     _active.append({"calls": 0, "impls": {id(cfg): impl for cfg, impl in saved}})
     counter = [0]
     try:
+        _rule_hooks(model, handles)  # appended one by one: removed below even if one fails to register
         for cfg in configs:
             cfg._attn_implementation = ATTENTION_ID
         yield counter
