@@ -29,6 +29,7 @@ METHODS: dict[str, dict] = {
     "layer_gradient_x_activation": {},  # default target_layer: the input embeddings
     "layer_integrated_gradients": {"n_steps": 20},
     "layer_deeplift": {},
+    "attnlrp": {},
 }
 
 
