@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from inseq_ray.engine import HEAD_CHUNK_ELEMENTS  # the logits the head materialises at once
 from inseq_ray.models.adapter import ForwardInputs
 
 if TYPE_CHECKING:
     from inseq_ray.models.adapter import ModelAdapter
 
 PROBE_LENGTHS = (16, 32, 64)
-HEAD_CHUNK_ELEMENTS = 2**26  # as the engine's (engine.HEAD_CHUNK_ELEMENTS)
 
 
 @dataclass(frozen=True)
