@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from inseq_ray.methods.alti import alti_plus
 from inseq_ray.methods.attention import attention
 from inseq_ray.methods.dummy import dummy
 from inseq_ray.methods.gradient import deeplift, gradient_shap, input_x_gradient, integrated_gradients, saliency
@@ -96,6 +97,7 @@ METHODS: dict[str, MethodSpec] = {
     "layer_deeplift": MethodSpec(layer_deeplift, lambda kw: 2, baselines=True),
     "dummy": MethodSpec(dummy, granularity="token", memory="forward"),
     "attnlrp": MethodSpec(attnlrp),
+    "alti_plus": MethodSpec(alti_plus, granularity="token", memory="attention"),
 }
 
 

@@ -43,11 +43,21 @@ class ModelConfig:
     logits_bias: str | None = None
     logit_softcap_field: str | None = None
     decoder_start_token_id: int | None = None
+    norm_placement: str | None = None
+    self_attention_norm: str | None = None
+    cross_attention_norm: str | None = None
+    attention_output_projection: str | None = None
 
 
 def _bart_like(**kw) -> ModelConfig:
     fields = {"self_attention_module": "self_attn", "cross_attention_module": "encoder_attn", "value_vector": "v_proj"}
+    fields |= {"attention_output_projection": "out_proj"}
     return ModelConfig(**{**fields, "max_length_field": "max_position_embeddings", **kw})
+
+
+_POST = {"norm_placement": "post", "self_attention_norm": "self_attn_layer_norm"}
+_POST |= {"cross_attention_norm": "encoder_attn_layer_norm"}
+_SANDWICH = {"norm_placement": "sandwich", "self_attention_norm": "post_attention_layernorm"}
 
 
 def _llama_like(**kw) -> ModelConfig:
@@ -59,13 +69,13 @@ _T5 = ModelConfig("layer.0.SelfAttention", "layer.1.EncDecAttention", "v")
 
 MODEL_CONFIGS: dict[str, ModelConfig] = {
     # encoder-decoders
-    "bart": _bart_like(logits_bias="final_logits_bias"),
+    "bart": _bart_like(logits_bias="final_logits_bias", **_POST),
     "mbart": _bart_like(logits_bias="final_logits_bias"),
-    "marian": _bart_like(logits_bias="final_logits_bias"),
+    "marian": _bart_like(logits_bias="final_logits_bias", **_POST),
     "pegasus": _bart_like(logits_bias="final_logits_bias"),
     "m2m_100": _bart_like(),
-    "fsmt": _bart_like(),
-    "led": _bart_like(logits_bias="final_logits_bias", max_length_field="max_encoder_position_embeddings"),
+    "fsmt": _bart_like(**_POST),
+    "led": _bart_like(logits_bias="final_logits_bias", max_length_field="max_encoder_position_embeddings", **_POST),
     "t5": _T5,
     "mt5": _T5,
     "umt5": _T5,
@@ -80,19 +90,19 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
     "falcon": ModelConfig(
         "self_attention", None, "query_key_value", "falcon", max_length_field="max_position_embeddings"
     ),
-    "opt": _llama_like(),
+    "opt": _llama_like(**{**_POST, "norm_placement": "auto"}),  # do_layer_norm_before: False in opt-350m
     "llama": _llama_like(),
     "mistral": _llama_like(),
     "mixtral": _llama_like(),
     "qwen2": _llama_like(),
     "qwen3": _llama_like(),
     "gemma": _llama_like(),
-    "gemma2": _llama_like(logit_softcap_field="final_logit_softcapping"),
-    "gemma3_text": _llama_like(logit_softcap_field="final_logit_softcapping"),
+    "gemma2": _llama_like(logit_softcap_field="final_logit_softcapping", **_SANDWICH),
+    "gemma3_text": _llama_like(logit_softcap_field="final_logit_softcapping", **_SANDWICH),
     "phi": _llama_like(),
     "phi3": _llama_like(value_vector="qkv_proj", value_layout="q_kv"),
     "olmo": _llama_like(),
-    "olmo2": _llama_like(),
+    "olmo2": _llama_like(**_SANDWICH),
 }
 
 GENERIC = ModelConfig()

@@ -1,0 +1,226 @@
+"""ALTI+ (Ferrando et al., 2022): each attention's output split into one vector per input token, each token's
+share measured by how close its vector is to the output, the shares rolled out through the layers.
+
+Per attention (weights a, value vectors v, output projection W_O, stream x entering it, Q rows, K keys):
+``T_i(j) = W_O [a^h_ij v^h_j]_h`` (D-vectors, bias excluded; sum_j T_i(j) + b = the attention's output). The
+token's own stream joins as ``z_ii = T_i(i) + x_i`` (self-attention) or as one more column ``z_i,res = x_i``
+(cross-attention); where a norm is in the way it is linearised, its scale of row i fixed (``post``: the norm of
+stream + output; ``sandwich``: of the output). With y_i the stream after the attention:
+``c_ij = max(0, |y_i|_1 - |y_i - z_ij|_1)``, normalised to sum to 1 over j. MLPs are taken not to mix tokens.
+
+Rollout: the encoder's ``R = C_N ... C_1`` over the source; the decoder's rows start as the identity over the
+target prefix and go through each block's self-attention (``R <- C R``) and cross-attention
+(``R <- c_res R + C_src [R_enc | 0]``). Step t reads the row predicting it: its source and target shares sum to
+1. ``keep_all=True`` keeps every decoder layer's rollout ``[tokens, steps, layers]``; default the last.
+
+Forward budget: one eager forward per batch (as ``attention``), then tensor work of B x Q x K x D per layer in
+query chunks. Independent of the attributed function: it explains the model's internals at each step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from inseq_ray.engine import MethodContext, MethodResult
+from inseq_ray.errors import ModelConformanceError
+from inseq_ray.models.mixing import Mixing, Stack, record_mixing
+from inseq_ray.rows import gather_rows
+
+CHUNK_ELEMENTS = 2**25  # B x q x K x D elements of T per query chunk (128 MiB in float32)
+
+
+def alti_plus(ctx: MethodContext, keep_all: bool = False) -> MethodResult:
+    """ALTI+ shares (T, B, L[, n_layers]) per attributed side; see the module docstring."""
+    adapter = ctx.adapter
+    with torch.no_grad():
+        stacks, out = record_mixing(adapter, lambda: adapter.attention_forward(ctx.forward_inputs({}, 1)))
+        ctx.cache_input_logits(out.logits)
+        source = rollout(stacks["encoder"]) if "encoder" in stacks else None
+        layers = decoder_rollouts(stacks["decoder"], source)  # n_layers x (B, Lt, S + Lt)
+    rows = (ctx.plan.positions - 1).clamp(min=0).to(layers[-1].device)  # (B, T)
+    picked = torch.stack([gather_rows(r, rows) for r in (layers if keep_all else layers[-1:])], -1)  # (B, T, N, l)
+    picked = picked.permute(1, 0, 2, 3) * ctx.plan.valid.T[:, :, None, None].to(picked.device)
+    n_source = 0 if source is None else source.shape[-1]
+    sides = {"source": picked[:, :, :n_source], "target": picked[:, :, n_source:]}
+    result = {name: sides[name] if keep_all else sides[name][..., 0] for name in ctx.attributed}
+    return MethodResult(result, dims=("layers",) if keep_all else ())
+
+
+def rollout(stack: Stack) -> torch.Tensor:
+    """(B, L, L) the encoder's contributions of its input tokens to its output rows."""
+    per_block = stack_contributions(stack)
+    r = torch.eye(per_block[0][0].shape[1], device=per_block[0][0].device)[None].expand_as(per_block[0][0])
+    for (c_self,) in per_block:
+        r = c_self @ r
+    return r
+
+
+def decoder_rollouts(stack: Stack, source: torch.Tensor | None) -> list[torch.Tensor]:
+    """After each decoder block, (B, Lt, S + Lt) contributions of the source (S, from the encoder rollout
+    ``source`` (B, S, S); S = 0 without one) and target prefix tokens to each decoder row."""
+    per_block = stack_contributions(stack)
+    b, lt = per_block[0][0].shape[:2]
+    device = per_block[0][0].device
+    s = 0 if source is None else source.shape[-1]
+    r = torch.cat([torch.zeros(b, lt, s, device=device), torch.eye(lt, device=device)[None].expand(b, -1, -1)], -1)
+    from_source = None if source is None else torch.cat([source, torch.zeros(b, s, lt, device=device)], -1)
+    out = []
+    for contributions in per_block:
+        r = contributions[0] @ r
+        for c_cross in contributions[1:]:  # (B, Lt, 1 + S): the stream's own share, then each source token's
+            assert from_source is not None, "a cross-attention without an encoder"
+            r = c_cross[..., :1] * r + c_cross[..., 1:] @ from_source
+        out.append(r)
+    return out
+
+
+def stack_contributions(stack: Stack) -> list[list[torch.Tensor]]:
+    """Per block, per attention, its (B, Q, K) contributions (cross-attention: (B, Q, 1 + K))."""
+    check_pre_norm(stack)
+    out = []
+    for i, (stream, attentions) in enumerate(zip(stack.inputs, stack.attentions, strict=True)):
+        per_attention = []
+        stream = stream.float()
+        for k, mixing in enumerate(attentions):
+            c, stream = contributions(mixing, stream, self_attention=k == 0, where=f"block {i}")
+            per_attention.append(c)
+        out.append(per_attention)
+    return out
+
+
+def contributions(m: Mixing, stream: torch.Tensor, self_attention: bool, where: str) -> tuple:
+    """-> ((B, Q, K) shares of each key, or (B, Q, 1 + K) with the stream's first for cross-attention; (B, Q, D)
+    the stream after the attention). ``stream`` (B, Q, D) enters it."""
+    output = _attention_output(m, stream, where)  # (B, Q, D) the attention's own output, checked
+    shift, after = _linearised_norm(m, stream, output, where)
+    b, q, k = m.weights.shape[0], m.weights.shape[2], m.weights.shape[3]
+    shares = torch.zeros(b, q, k + (0 if self_attention else 1), device=stream.device)
+    chunk = max(1, CHUNK_ELEMENTS // max(1, b * k * stream.shape[-1]))
+    for start in range(0, q, chunk):
+        rows = slice(start, min(q, start + chunk))
+        z = shift(transformed(m, rows), rows)  # (B, q, K, D)
+        own = stream[:, rows, None] if m.placement == "sandwich" else shift(stream[:, rows, None], rows)
+        if self_attention:
+            idx = torch.arange(rows.start, rows.stop, device=z.device)
+            z[:, torch.arange(len(idx)), idx] += own[:, :, 0]
+        else:
+            z = torch.cat([own, z], 2)
+        shares[:, rows] = _distance_shares(after[:, rows], z)
+    return shares, after
+
+
+def transformed(m: Mixing, rows: slice) -> torch.Tensor:
+    """(B, q, K, D) ``T_i(j)`` for query rows ``rows``: each key's value vectors weighted by the attention of
+    every head, through the output projection without its bias."""
+    weights = m.weights[:, :, rows].float()  # (B, H, q, K)
+    values = _per_head(m)  # (B, K, H, dh)
+    per = weights.permute(0, 2, 3, 1)[..., None] * values[:, None]  # (B, q, K, H, dh)
+    flat = per.flatten(-2)
+    zero = torch.zeros_like(flat[:1, :1, :1])
+    return _project(m.out_proj, flat) - _project(m.out_proj, zero)
+
+
+def _per_head(m: Mixing) -> torch.Tensor:
+    """(B, K, H, dh) value vectors per attention head (grouped key/value heads repeated)."""
+    heads, kv_heads = m.weights.shape[1], m.values.shape[2]
+    if heads % kv_heads:
+        raise ModelConformanceError(f"alti_plus: {heads} attention heads do not share {kv_heads} value heads evenly.")
+    return m.values.float().repeat_interleave(heads // kv_heads, dim=2)
+
+
+def _project(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    weight = getattr(module, "weight", None)
+    dtype = weight.dtype if weight is not None and weight.is_floating_point() else x.dtype
+    return module(x.to(dtype)).float()
+
+
+def _attention_output(m: Mixing, stream: torch.Tensor, where: str) -> torch.Tensor:
+    """(B, Q, D) the attention's output, checked against ``sum_j T_i(j) + b``; a module that adds the stream
+    itself (Bloom's) has it taken off."""
+    context = torch.einsum("bhqk,bkhd->bqhd", m.weights.float(), _per_head(m)).flatten(-2)  # (B, Q, H dh)
+    rebuilt = _project(m.out_proj, context)  # (B, Q, D), bias included
+    output = m.output.float()
+    tol = _tolerance(output, m.output.dtype)
+    if (rebuilt - output).abs().max() <= tol:
+        return output
+    if (rebuilt - (output - stream)).abs().max() <= tol:
+        return output - stream
+    err = float((rebuilt - output).abs().max())
+    raise ModelConformanceError(
+        f"alti_plus: the attention of {where} does not output sum_j a_ij W_O v_j + b (max error {err:.2e}): this "
+        "family's attention is not a weighted sum of its value vectors through one output projection."
+    )
+
+
+def _tolerance(x: torch.Tensor, dtype: torch.dtype) -> float:
+    rel = 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
+    return rel * (1.0 + float(x.abs().max()))
+
+
+def _linearised_norm(m: Mixing, stream: torch.Tensor, output: torch.Tensor, where: str):
+    """(shift, after): ``shift(z, rows)`` maps contribution vectors (B, q, ..., D) of rows ``rows``
+    through the norm with each row's scale fixed; ``after`` (B, Q, D) is the stream after the attention."""
+    if m.placement == "pre" or (m.placement == "auto" and not _reads(m, stream + output)):
+        return (lambda z, rows: z), stream + output
+    assert m.norm is not None and m.norm_io is not None
+    norm_in, norm_out = (t.float() for t in m.norm_io)
+    sandwich = m.placement == "sandwich"
+    if not _reads(m, output if sandwich else stream + output):
+        raise ModelConformanceError(
+            f"alti_plus: the norm after the attention of {where} does not read the "
+            f"{'attention output' if sandwich else 'stream + attention output'} ({m.placement} placement)."
+        )
+    shift = _norm_linearisation(m.norm, norm_in, norm_out)
+    return shift, stream + norm_out if sandwich else norm_out
+
+
+def _reads(m: Mixing, expected: torch.Tensor) -> bool:
+    """Whether the norm after the attention was given ``expected`` (B, Q, D)."""
+    return m.norm_io is not None and bool(
+        torch.allclose(m.norm_io[0].float(), expected, atol=_tolerance(expected, m.norm_io[0].dtype))
+    )
+
+
+def check_pre_norm(stack: Stack) -> None:
+    """A ``pre`` stack whose every self-attention reads the residual stream itself is not pre-norm."""
+    pre = [(x, a[0]) for x, a in zip(stack.inputs, stack.attentions, strict=True) if a[0].placement == "pre"]
+    raw = [torch.allclose(m.query_input.float(), x.float(), atol=_tolerance(x, x.dtype)) for x, m in pre]
+    if pre and all(raw):
+        raise ModelConformanceError(
+            "alti_plus: every self-attention reads the residual stream itself, not a normalised copy: the family's "
+            "norm_placement is not 'pre' (register_model_config can declare 'post', 'sandwich' or 'auto')."
+        )
+
+
+def _norm_linearisation(norm: nn.Module, u: torch.Tensor, y: torch.Tensor):
+    """``shift(z, rows)``: the norm of rows u (B, Q, D) (outputs y) as a linear map with each row's scale fixed.
+    LayerNorm: ``w (z - mean z) / sigma_i``; an RMS norm: ``g z / s_i``, with its gain g read by one probe and
+    ``s_i = |g u_i| / |y_i|``."""
+    if isinstance(norm, nn.LayerNorm):
+        eps = norm.eps
+        sigma = (u.var(-1, unbiased=False, keepdim=True) + eps).sqrt()  # (B, Q, 1)
+        w = norm.weight.float() if norm.weight is not None else torch.ones_like(u[0, 0])
+
+        def layer_norm(z, rows):
+            s = sigma[:, rows].view(sigma.shape[0], -1, *([1] * (z.dim() - 3)), 1)
+            return w * (z - z.mean(-1, keepdim=True)) / s
+
+        return layer_norm
+    probe = 1e3
+    gain = _project(norm, torch.full_like(u[:1, :1], probe))[0, 0] / probe  # (D,)
+    scale = (gain * u).norm(dim=-1, keepdim=True) / y.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+
+    def rms_norm(z, rows):
+        s = scale[:, rows].view(scale.shape[0], -1, *([1] * (z.dim() - 3)), 1)
+        return gain * z / s
+
+    return rms_norm
+
+
+def _distance_shares(y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """y (B, q, D) outputs, z (B, q, K, D) contributions -> (B, q, K) ``max(0, |y|_1 - |y - z|_1)`` normalised
+    over K (rows with nothing: 0)."""
+    raw = (y.abs().sum(-1)[..., None] - (y[:, :, None] - z).abs().sum(-1)).clamp_min(0)
+    total = raw.sum(-1, keepdim=True)
+    return raw / torch.where(total == 0, torch.ones_like(total), total)
