@@ -161,7 +161,8 @@ def _tolerance(x: torch.Tensor, dtype: torch.dtype) -> float:
 def _linearised_norm(m: Mixing, stream: torch.Tensor, output: torch.Tensor, where: str):
     """(shift, after): ``shift(z, rows)`` maps contribution vectors (B, q, ..., D) of rows ``rows``
     through the norm with each row's scale fixed; ``after`` (B, Q, D) is the stream after the attention."""
-    if m.placement == "pre" or (m.placement == "auto" and not _reads(m, stream + output)):
+    raw = bool(torch.allclose(m.query_input.float(), stream, atol=_tolerance(stream, m.query_input.dtype)))
+    if m.placement == "pre" or (m.placement == "auto" and not (raw and _reads(m, stream + output))):
         return (lambda z, rows: z), stream + output
     assert m.norm is not None and m.norm_io is not None
     norm_in, norm_out = (t.float() for t in m.norm_io)
@@ -170,6 +171,11 @@ def _linearised_norm(m: Mixing, stream: torch.Tensor, output: torch.Tensor, wher
         raise ModelConformanceError(
             f"alti_plus: the norm after the attention of {where} does not read the "
             f"{'attention output' if sandwich else 'stream + attention output'} ({m.placement} placement)."
+        )
+    if not sandwich and not raw:
+        raise ModelConformanceError(
+            f"alti_plus: the attention of {where} reads a normalised copy of the stream, not the stream itself: the "
+            "family's norm_placement is not 'post'."
         )
     shift = _norm_linearisation(m.norm, norm_in, norm_out)
     return shift, stream + norm_out if sandwich else norm_out
