@@ -21,9 +21,11 @@ FLOORS = {
         "gradient_shap": 0.75,
         "attention": 0.95,
         "attnlrp": 0.9,  # measured 1.000
+        "alti_plus": 0.9,  # measured 1.000
     },
     "copier": {
         "attnlrp": 0.6,  # measured 0.818 (saliency 0.464)
+        "alti_plus": 0.6,  # measured 0.744
         "saliency": 0.38,
         "input_x_gradient": 0.58,
         "integrated_gradients": 0.38,

@@ -30,6 +30,7 @@ METHODS: dict[str, dict] = {
     "layer_integrated_gradients": {"n_steps": 20},
     "layer_deeplift": {},
     "attnlrp": {},
+    "alti_plus": {},
 }
 
 
