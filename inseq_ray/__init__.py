@@ -11,6 +11,7 @@ _EXPORTS = {
     "list_aggregation_functions": "inseq_ray.aggregation",
     "explain": "inseq_ray.identifiers",
     "list_aggregators": "inseq_ray.identifiers",
+    "list_supported_frameworks": "inseq_ray.identifiers",
     "register_aggregation_function": "inseq_ray.aggregation",
     "AttributionModel": "inseq_ray.attribution_model",
     "attribute_context": "inseq_ray.context.procedure",
@@ -49,7 +50,7 @@ if TYPE_CHECKING:  # the names as a type checker (and an IDE) sees them
         Reason,
         UnknownIdError,
     )
-    from inseq_ray.identifiers import explain, list_aggregators
+    from inseq_ray.identifiers import explain, list_aggregators, list_supported_frameworks
     from inseq_ray.methods import list_feature_attribution_methods, register_attribution_method
     from inseq_ray.models.families import ModelConfig, register_model_config
     from inseq_ray.output import (
@@ -96,6 +97,7 @@ __all__ = [
     "list_aggregators",
     "list_feature_attribution_methods",
     "list_step_functions",
+    "list_supported_frameworks",
     "load_model",
     "merge_attributions",
     "register_aggregation_function",

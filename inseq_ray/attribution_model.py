@@ -19,6 +19,7 @@ from inseq_ray.baselines import baseline_ids
 from inseq_ray.batching import plan_batches
 from inseq_ray.errors import InputError, NonFiniteAttributionError
 from inseq_ray.methods import get_method_spec
+from inseq_ray.model_tokens import TokenHelpers
 from inseq_ray.models import loading, placement
 from inseq_ray.models.adapter import ModelAdapter
 from inseq_ray.models.encoding import (
@@ -35,8 +36,8 @@ from inseq_ray.settings import AttributeSettings
 __all__ = ["AttributeSettings", "AttributionModel", "NonFiniteAttributionError", "load_model", "plan_batches"]
 
 
-class AttributionModel:
-    """A loaded model plus its tokenizer and default attribution method."""
+class AttributionModel(TokenHelpers):
+    """A loaded model plus its tokenizer and default attribution method (Inseq's token helpers: the mixin)."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, method: str | None) -> None:
         if method is not None:

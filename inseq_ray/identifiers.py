@@ -20,6 +20,11 @@ AGGREGATORS = {
 }
 
 
+def list_supported_frameworks() -> list[str]:
+    """The model frameworks ``load_model`` supports (Inseq's name): Hugging Face transformers."""
+    return ["hf_transformers"]
+
+
 def list_aggregators() -> list[str]:
     """The aggregators ``out.aggregate(...)`` takes besides aggregation function ids (Inseq's name)."""
     return sorted(AGGREGATORS)
