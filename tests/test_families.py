@@ -205,6 +205,49 @@ def test_alti_plus_equals_the_naive_per_layer_reference(family_models, name):
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
+def test_attnlrp_relevance_is_conserved_up_to_what_the_rules_absorb(family_models, name):
+    """Input relevance = the explained logit - the softmaxes' Taylor remainders - biases - position embeddings
+    (``tests/lrp_accounting.py``, each measured from its own tensors): every rule conserves the rest. Gemma 2's
+    soft-capping (tanh on attention scores and logits) has no AttnLRP rule: off, it conserves too."""
+    from inseq_ray.methods import lrp
+    from inseq_ray.models.adapter import eager_attention
+    from tests.lrp_accounting import relevance_account
+
+    am = family_models(name)
+    am.attribute(SOURCES[1], ENC_TARGETS[1] if am.is_encoder_decoder else DEC_TARGETS[1], method="attnlrp",
+                 show_progress=False)  # fmt: skip
+    ids = am.tokenizer(SOURCES[0], return_tensors="pt")["input_ids"]
+    start = am.model.generation_config.decoder_start_token_id
+    dec = torch.tensor([[start, *am.tokenizer(text_target=ENC_TARGETS[0])["input_ids"][:3]]]) if start is not None \
+        and am.is_encoder_decoder else None  # fmt: skip
+    caps = [(m, m.attn_logit_softcapping) for m in am.model.modules() if hasattr(m, "attn_logit_softcapping")]
+    config = am.model.config
+
+    def gap() -> tuple[float, dict]:
+        with eager_attention(am.model):
+            acc = relevance_account(am, lrp.rules_for(am.adapter), ids, dec)
+        assert acc["n_softmax"] > 0 and acc["softmax"] != 0, acc  # the attention's share was measured
+        return acc["logit"] - acc["tokens"] - acc["softmax"] - acc["biases"] - acc["positions"], acc
+
+    missing, acc = gap()
+    if name != "gemma2":
+        assert abs(missing) <= 1e-5 * (1 + abs(acc["logit"])), (name, missing, acc)
+        return
+    assert abs(missing) > 1e-3, acc  # soft-capping: no rule
+    final = config.final_logit_softcapping
+    try:
+        config.final_logit_softcapping = None
+        for m, _ in caps:
+            m.attn_logit_softcapping = None
+        missing, acc = gap()
+    finally:
+        config.final_logit_softcapping = final
+        for m, cap in caps:
+            m.attn_logit_softcapping = cap
+    assert abs(missing) <= 1e-5 * (1 + abs(acc["logit"])), (missing, acc)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
 def test_lime_and_sequential_ig_equal_their_references(family_models, monkeypatch, name):
     """LIME == sklearn's Ridge on the same masks per prefix; sequential IG == Inseq's own op per prefix (the
     batch's shorter, padded row)."""

@@ -205,6 +205,14 @@ def attnlrp(ctx: MethodContext) -> MethodResult:
     return MethodResult({k: g * ctx.embeds[k].float()[None] for k, g in grads.items()})
 
 
+def rules_for(adapter: ModelAdapter) -> contextlib.AbstractContextManager[list[int]]:
+    """The rules as ``attnlrp`` applies them to this model (after its first call: at the attention interface, or
+    at the q/k/v projections)."""
+    if _RULE_SITE.get(adapter.model) == "projections":
+        return projection_rules(adapter.model, fused_value_sites(adapter))
+    return attnlrp_rules(adapter.model)
+
+
 def fused_value_sites(adapter: ModelAdapter) -> list[ValueSite]:
     """The decoder's fused q/k/v projections (Bloom's, Falcon's, ...) as value sites; none for separate ones."""
     try:
