@@ -4,8 +4,8 @@ whole process, so it never runs inside the test process).
     python tests/lxt_reference.py MODEL_DIR FAMILY PROMPT FULL_TEXT  ->  JSON: per step, (prefix length, H) relevance
 
 LXT's package imports modules this environment cannot load (its BERT patches need a transformers 4 module, its
-ViT patches torchvision, its zennit patches zennit); they are stubbed, and only its Llama or GPT-2 patch map is
-used (its attention wrapper installed into transformers 5's registry: LXT's ``patch_attention`` swaps the
+ViT patches torchvision, its zennit patches zennit); they are stubbed, and only the family's own patch map is
+used (Llama, GPT-2, Qwen2, Qwen3 or Gemma 3; its attention wrapper installed into transformers 5's registry: LXT's ``patch_attention`` swaps the
 registry for a plain dict, which transformers 5 cannot call), as LXT's own examples do: the per-step forward from ``inputs_embeds``, the logit of the next target token
 backpropagated, relevance = input embeddings x gradient."""
 
@@ -40,6 +40,12 @@ def main() -> None:
     elif family == "qwen2":
         import transformers.models.qwen2.modeling_qwen2 as modeling
         from lxt.efficient.models.qwen2 import attnLRP
+    elif family == "qwen3":
+        import transformers.models.qwen3.modeling_qwen3 as modeling
+        from lxt.efficient.models.qwen3 import attnLRP
+    elif family == "gemma3":
+        import transformers.models.gemma3.modeling_gemma3 as modeling
+        from lxt.efficient.models.gemma3 import attnLRP
     else:
         import transformers.models.gpt2.modeling_gpt2 as modeling
         from lxt.efficient.models.gpt2 import attnLRP

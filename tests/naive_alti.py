@@ -129,7 +129,7 @@ def _shares(am, family, block: nn.Module, kind: str, stream, a, t) -> tuple[torc
         w = ln.weight.double()
         t = w * (t - t.mean(-1, keepdim=True)) / sigma[:, :, None]
         own = w * (stream - stream.mean(-1, keepdim=True)) / sigma
-    elif family == "gemma2":
+    elif family in ("gemma2", "gemma3_text"):  # a norm of the attention output before the residual add
         with torch.no_grad():
             normed = block.post_attention_layernorm(attn.float()).double()
         t = t * (normed / attn)[:, None]

@@ -1,5 +1,6 @@
-"""AttnLRP (issue #26): equal to LXT 2.1's own AttnLRP on the families LXT supports here (Llama, GPT-2, Qwen2), per step
-of a batch of sequences; the model is untouched afterwards."""
+"""AttnLRP (issue #26): equal to LXT 2.1's own AttnLRP on every family LXT supports (Llama, GPT-2, Qwen2, Qwen3,
+Gemma 3), per step of a batch of sequences; the rule at the projections for the families outside transformers'
+attention interface; the model is untouched afterwards."""
 
 from __future__ import annotations
 
@@ -29,14 +30,17 @@ def _lxt(path: str, family: str, prompt: str, text: str) -> list[torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def lxt_models(model_dir, tmp_path_factory):
-    """The families LXT 2.1 has patch maps for and this matrix builds: Llama, GPT-2, Qwen2."""
+    """The families LXT 2.1 has patch maps for, all in this matrix: Llama, GPT-2, Qwen2, Qwen3, Gemma 3."""
     from inseq_ray.toy import build_tiny_model
 
-    qwen2 = build_tiny_model("qwen2", tmp_path_factory.mktemp("qwen2") / "m", init_std=0.2)
-    return {"llama": model_dir["llama"], "gpt2": model_dir["gpt2"], "qwen2": str(qwen2)}
+    built = {n: str(build_tiny_model(n, tmp_path_factory.mktemp(n) / "m", init_std=0.2)) for n in LXT_BUILT}
+    return {"llama": model_dir["llama"], "gpt2": model_dir["gpt2"], **built}
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2", "qwen2"])
+LXT_BUILT = ("qwen2", "qwen3", "gemma3")
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", *LXT_BUILT])
 def test_attnlrp_equals_lxt(lxt_models, name):
     model_dir = lxt_models
     am = inseq_ray.load_model(model_dir[name], "attnlrp", device="cpu")

@@ -272,6 +272,19 @@ def _qwen2(s: Size) -> dict:
     return _llama_like(s, tie_word_embeddings=True, rope_theta=1000000.0, use_sliding_window=False)
 
 
+@family("qwen3", "Qwen3ForCausalLM", "Qwen3Config", "Qwen/Qwen3-0.6B", False)
+def _qwen3(s: Size) -> dict:
+    # Qwen3-0.6B: per-head q/k RMSNorm, GQA, no q/k/v biases, explicit head_dim, tied head, no BOS
+    return _llama_like(
+        s,
+        tie_word_embeddings=True,
+        rope_theta=1000000.0,
+        head_dim=s.hidden // s.heads,
+        attention_bias=False,
+        use_sliding_window=False,
+    )
+
+
 @family("gemma", "GemmaForCausalLM", "GemmaConfig", "google/gemma-2b", False, bos_template=True)
 def _gemma(s: Size) -> dict:
     # gemma-2b: embeddings times sqrt(hidden), MQA, GeGLU, tied head, (1 + w) RMSNorm
@@ -292,6 +305,24 @@ def _gemma2(s: Size) -> dict:
         attn_logit_softcapping=50.0,
         query_pre_attn_scalar=s.hidden // s.heads,
         sliding_window=6,
+    )
+
+
+@family("gemma3", "Gemma3ForCausalLM", "Gemma3TextConfig", "google/gemma-3-1b-it", False, bos_template=True)
+def _gemma3(s: Size) -> dict:
+    # gemma-3-1b-it: q/k norms, sandwich norms, local (sliding) and global layers with their own rope bases, MQA,
+    # no soft-capping, embeddings times sqrt(hidden), tied head
+    return _llama_like(
+        s,
+        "gelu_pytorch_tanh",
+        num_key_value_heads=1,
+        head_dim=s.hidden // s.heads,
+        tie_word_embeddings=True,
+        query_pre_attn_scalar=s.hidden // s.heads,
+        sliding_window=6,
+        layer_types=["sliding_attention", "full_attention"],
+        final_logit_softcapping=None,
+        attn_logit_softcapping=None,
     )
 
 
