@@ -37,9 +37,9 @@ def alti_plus(ctx: MethodContext, keep_all: bool = False) -> MethodResult:
         stacks, out = record_mixing(adapter, lambda: adapter.attention_forward(ctx.forward_inputs({}, 1)))
         ctx.cache_input_logits(out.logits)
         source = rollout(stacks["encoder"]) if "encoder" in stacks else None
-        layers = decoder_rollouts(stacks["decoder"], source)  # n_layers x (B, Lt, S + Lt)
+        layers = decoder_rollouts(stacks["decoder"], source, keep_all)  # n_layers (or 1) x (B, Lt, S + Lt)
     rows = (ctx.plan.positions - 1).clamp(min=0).to(layers[-1].device)  # (B, T)
-    picked = torch.stack([gather_rows(r, rows) for r in (layers if keep_all else layers[-1:])], -1)  # (B, T, N, l)
+    picked = torch.stack([gather_rows(r, rows) for r in layers], -1)  # (B, T, N, l)
     picked = picked.permute(1, 0, 2, 3) * ctx.plan.valid.T[:, :, None, None].to(picked.device)
     n_source = 0 if source is None else source.shape[-1]
     sides = {"source": picked[:, :, :n_source], "target": picked[:, :, n_source:]}
@@ -56,9 +56,9 @@ def rollout(stack: Stack) -> torch.Tensor:
     return r
 
 
-def decoder_rollouts(stack: Stack, source: torch.Tensor | None) -> list[torch.Tensor]:
-    """After each decoder block, (B, Lt, S + Lt) contributions of the source (S, from the encoder rollout
-    ``source`` (B, S, S); S = 0 without one) and target prefix tokens to each decoder row."""
+def decoder_rollouts(stack: Stack, source: torch.Tensor | None, every_layer: bool = True) -> list[torch.Tensor]:
+    """After each decoder block (``every_layer``; else the last only), (B, Lt, S + Lt) contributions of the source
+    (S, from the encoder rollout ``source`` (B, S, S); S = 0 without one) and target prefix tokens to each row."""
     per_block = stack_contributions(stack)
     b, lt = per_block[0][0].shape[:2]
     device = per_block[0][0].device
@@ -71,8 +71,9 @@ def decoder_rollouts(stack: Stack, source: torch.Tensor | None) -> list[torch.Te
         for c_cross in contributions[1:]:  # (B, Lt, 1 + S): the stream's own share, then each source token's
             assert from_source is not None, "a cross-attention without an encoder"
             r = c_cross[..., :1] * r + c_cross[..., 1:] @ from_source
-        out.append(r)
-    return out
+        if every_layer:
+            out.append(r)
+    return out if every_layer else [r]
 
 
 def stack_contributions(stack: Stack) -> list[list[torch.Tensor]]:
@@ -130,9 +131,10 @@ def _per_head(m: Mixing) -> torch.Tensor:
 
 
 def _project(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` in the module's dtype, back in float32 on x's device."""
     weight = getattr(module, "weight", None)
     dtype = weight.dtype if weight is not None and weight.is_floating_point() else x.dtype
-    return module(x.to(dtype)).float()
+    return module(x.to(dtype)).float().to(x.device)
 
 
 def _attention_output(m: Mixing, stream: torch.Tensor, where: str) -> torch.Tensor:

@@ -79,7 +79,7 @@ def record_mixing(adapter: ModelAdapter, run) -> tuple[dict[str, Stack], Any]:
     sites = {name: _sites(adapter, blocks, kinds) for name, (blocks, kinds) in stacks.items()}
     time_first = adapter.activation_batch_axis((type(stacks["decoder"][0][0]),)) == 1
     seen: dict[tuple[str, int], list] = {}
-    with _recording(stacks, sites, seen, time_first):
+    with _recording(stacks, sites, seen, time_first, adapter.device):
         out = run()
     weights = _weights(adapter, out)
     result = {}
@@ -166,11 +166,12 @@ def _out_proj(adapter: ModelAdapter, attention: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _recording(stacks: dict, sites: dict, seen: dict[tuple[str, int], list], time_first: bool) -> Iterator[None]:
-    """Hooks recording block inputs, value projections' and attentions' outputs and norms' (input, output)."""
+def _recording(stacks: dict, sites: dict, seen: dict, time_first: bool, device: torch.device) -> Iterator[None]:
+    """Hooks recording block inputs, value projections' and attentions' outputs and norms' (input, output), each
+    batch-first on the input device (blocks of a model spread over devices run elsewhere)."""
 
     def batch_first(x):
-        return x.transpose(0, 1) if time_first and x.dim() == 3 else x
+        return (x.transpose(0, 1) if time_first and x.dim() == 3 else x).to(device)
 
     def pre_hook(module, args, kwargs):
         hidden = args[0] if args else kwargs.get("hidden_states", kwargs.get("query"))
