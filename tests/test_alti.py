@@ -81,3 +81,17 @@ def test_led_is_refused_in_one_line(tmp_path):
 
 def test_alti_plus_is_listed():
     assert "alti_plus" in inseq_ray.list_feature_attribution_methods()
+
+
+def test_a_projection_without_a_readable_weight_gives_the_same_shares(model_dir, monkeypatch):
+    """The fallback for an output projection that is not a plain linear map (called on each head's block alone)
+    equals the path through its weight."""
+    from inseq_ray.methods import alti
+
+    am = inseq_ray.load_model(model_dir["bart"], "alti_plus", device="cpu")
+    fast = am.attribute(SOURCES, TARGETS, attribute_target=True, show_progress=False)
+    monkeypatch.setattr(alti, "_out_weight", lambda module: None)
+    called = am.attribute(SOURCES, TARGETS, attribute_target=True, show_progress=False)
+    for a, b in zip(fast, called, strict=True):
+        assert torch.allclose(a.source_attributions, b.source_attributions, atol=1e-6)
+        assert torch.allclose(a.target_attributions, b.target_attributions, atol=1e-6, equal_nan=True)

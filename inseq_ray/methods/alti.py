@@ -98,9 +98,10 @@ def contributions(m: Mixing, stream: torch.Tensor, self_attention: bool, where: 
     b, q, k = m.weights.shape[0], m.weights.shape[2], m.weights.shape[3]
     shares = torch.zeros(b, q, k + (0 if self_attention else 1), device=stream.device)
     chunk = max(1, CHUNK_ELEMENTS // max(1, b * k * stream.shape[-1]))
+    heads = head_outputs(m)  # (B, K, H, D)
     for start in range(0, q, chunk):
         rows = slice(start, min(q, start + chunk))
-        z = shift(transformed(m, rows), rows)  # (B, q, K, D)
+        z = shift(transformed(m.weights[:, :, rows], heads), rows)  # (B, q, K, D)
         own = stream[:, rows, None] if m.placement == "sandwich" else shift(stream[:, rows, None], rows)
         if self_attention:
             idx = torch.arange(rows.start, rows.stop, device=z.device)
@@ -111,15 +112,33 @@ def contributions(m: Mixing, stream: torch.Tensor, self_attention: bool, where: 
     return shares, after
 
 
-def transformed(m: Mixing, rows: slice) -> torch.Tensor:
-    """(B, q, K, D) ``T_i(j)`` for query rows ``rows``: each key's value vectors weighted by the attention of
-    every head, through the output projection without its bias."""
-    weights = m.weights[:, :, rows].float()  # (B, H, q, K)
+def transformed(weights: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+    """weights (B, H, q, K), heads (B, K, H, D) -> (B, q, K, D) ``T_i(j) = sum_h a^h_ij W_O^h v^h_j``."""
+    return torch.einsum("bhqk,bkhd->bqkd", weights.float(), heads)
+
+
+def head_outputs(m: Mixing) -> torch.Tensor:
+    """(B, K, H, D) each head's value vectors through its columns of the output projection, without its bias: from
+    the weight of a linear projection, else (any other module) by calling it on each head's block alone."""
     values = _per_head(m)  # (B, K, H, dh)
-    per = weights.permute(0, 2, 3, 1)[..., None] * values[:, None]  # (B, q, K, H, dh)
-    flat = per.flatten(-2)
-    zero = torch.zeros_like(flat[:1, :1, :1])
-    return _project(m.out_proj, flat) - _project(m.out_proj, zero)
+    _, _, h, dh = values.shape
+    weight = _out_weight(m.out_proj)  # (D, H * dh)
+    if weight is not None:
+        return torch.einsum("bkhe,dhe->bkhd", values, weight.float().to(values.device).view(-1, h, dh))
+    eye = torch.eye(h, device=values.device)
+    blocks = (eye[None, None, :, :, None] * values[:, :, None]).flatten(-2)  # (B, K, H, H * dh): head g alone
+    return _project(m.out_proj, blocks) - _project(m.out_proj, torch.zeros_like(blocks[:1, :1, :1]))
+
+
+def _out_weight(module: nn.Module) -> torch.Tensor | None:
+    """(D, H * dh) the weight of a plain linear projection (GPT-2's Conv1D stores it transposed); None for any
+    other module, or a weight not materialised here (offloaded)."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.device.type == "meta" or not weight.is_floating_point():
+        return None
+    if isinstance(module, nn.Linear):
+        return weight
+    return weight.T if type(module).__name__ == "Conv1D" else None
 
 
 def _per_head(m: Mixing) -> torch.Tensor:
