@@ -31,7 +31,9 @@ CHUNK_ELEMENTS = 2**25  # B x q x K x D elements of T per query chunk (128 MiB i
 
 
 def alti_plus(ctx: MethodContext, keep_all: bool = False) -> MethodResult:
-    """ALTI+ shares (T, B, L[, n_layers]) per attributed side; see the module docstring."""
+    """ALTI+ (Ferrando et al., 2022): each token's share of every attention's output (distance-based, norms
+    linearised), rolled out through the encoder and the decoder's self- and cross-attentions; each step's source
+    and target shares sum to 1. ``keep_all=True`` keeps every decoder layer's rollout. (T, B, L[, n_layers])."""
     adapter = ctx.adapter
     with torch.no_grad():
         stacks, out = record_mixing(adapter, lambda: adapter.attention_forward(ctx.forward_inputs({}, 1)))
