@@ -19,12 +19,14 @@ query chunks. Independent of the attributed function: it explains the model's in
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
 from inseq_ray.engine import MethodContext, MethodResult
 from inseq_ray.errors import ModelConformanceError
-from inseq_ray.models.mixing import Mixing, Stack, record_mixing
+from inseq_ray.models.mixing import Mixing, WeightsNotReturned, record_mixing
 from inseq_ray.rows import gather_rows
 
 CHUNK_ELEMENTS = 2**25  # B x q x K x D elements of T per query chunk (128 MiB in float32)
@@ -35,60 +37,96 @@ def alti_plus(ctx: MethodContext, keep_all: bool = False) -> MethodResult:
     linearised), rolled out through the encoder and the decoder's self- and cross-attentions; each step's source
     and target shares sum to 1. ``keep_all=True`` keeps every decoder layer's rollout. (T, B, L[, n_layers])."""
     adapter = ctx.adapter
+    rows = (ctx.plan.positions - 1).clamp(min=0).to(adapter.device)  # (B, T) rows predicting each step
+    roll = Rollout(rows, keep_all)
     with torch.no_grad():
-        stacks, out = record_mixing(adapter, lambda: adapter.attention_forward(ctx.forward_inputs({}, 1)))
+        try:
+            out = record_mixing(adapter, lambda: _forward(ctx, _ASK_WEIGHTS.get(adapter.model, False)), roll.add)
+        except WeightsNotReturned:  # FSMT's and T5's attentions return weights only when asked: found once per model
+            _ASK_WEIGHTS[adapter.model] = True
+            roll = Rollout(rows, keep_all)
+            out = record_mixing(adapter, lambda: _forward(ctx, True), roll.add)
         ctx.cache_input_logits(out.logits)
-        source = rollout(stacks["encoder"]) if "encoder" in stacks else None
-        layers = decoder_rollouts(stacks["decoder"], source, keep_all)  # n_layers (or 1) x (B, Lt, S + Lt)
-    rows = (ctx.plan.positions - 1).clamp(min=0).to(layers[-1].device)  # (B, T)
-    picked = torch.stack([gather_rows(r, rows) for r in layers], -1)  # (B, T, N, l)
-    picked = picked.permute(1, 0, 2, 3) * ctx.plan.valid.T[:, :, None, None].to(picked.device)
-    n_source = 0 if source is None else source.shape[-1]
+    roll.check()
+    picked = torch.stack(roll.picked, -1).permute(1, 0, 2, 3)  # (T, B, N, l)
+    picked = picked * ctx.plan.valid.T[:, :, None, None].to(picked.device)
+    n_source = 0 if roll.source is None else roll.source.shape[-1]
     sides = {"source": picked[:, :, :n_source], "target": picked[:, :, n_source:]}
     result = {name: sides[name] if keep_all else sides[name][..., 0] for name in ctx.attributed}
     return MethodResult(result, dims=("layers",) if keep_all else ())
 
 
-def rollout(stack: Stack) -> torch.Tensor:
-    """(B, L, L) the encoder's contributions of its input tokens to its output rows."""
-    per_block = stack_contributions(stack)
-    r = torch.eye(per_block[0][0].shape[1], device=per_block[0][0].device)[None].expand_as(per_block[0][0])
-    for (c_self,) in per_block:
-        r = c_self @ r
-    return r
+_ASK_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its attentions need output_attentions
 
 
-def decoder_rollouts(stack: Stack, source: torch.Tensor | None, every_layer: bool = True) -> list[torch.Tensor]:
-    """After each decoder block (``every_layer``; else the last only), (B, Lt, S + Lt) contributions of the source
-    (S, from the encoder rollout ``source`` (B, S, S); S = 0 without one) and target prefix tokens to each row."""
-    per_block = stack_contributions(stack)
-    b, lt = per_block[0][0].shape[:2]
-    device = per_block[0][0].device
-    s = 0 if source is None else source.shape[-1]
-    r = torch.cat([torch.zeros(b, lt, s, device=device), torch.eye(lt, device=device)[None].expand(b, -1, -1)], -1)
-    from_source = None if source is None else torch.cat([source, torch.zeros(b, s, lt, device=device)], -1)
-    out = []
-    for contributions in per_block:
-        r = contributions[0] @ r
-        for c_cross in contributions[1:]:  # (B, Lt, 1 + S): the stream's own share, then each source token's
-            assert from_source is not None, "a cross-attention without an encoder"
+def _forward(ctx: MethodContext, output_attentions: bool):
+    return ctx.adapter.attention_forward(ctx.forward_inputs({}, 1), output_attentions=output_attentions)
+
+
+class Rollout:
+    """The rollout, block by block as the forward runs them: the encoder's ``R = C R`` over the source, then the
+    decoder's rows (identity over the target prefix, after the source's zeros) through each block's
+    self-attention (``R <- C R``) and cross-attention (``R <- c_res R + C_src [R_enc | 0]``); ``picked`` holds the
+    step rows (B, T, S + Lt) after every decoder block (``keep_all``) or after the last."""
+
+    def __init__(self, rows: torch.Tensor, keep_all: bool) -> None:
+        self.rows, self.keep_all = rows, keep_all
+        self.source: torch.Tensor | None = None  # (B, S, S)
+        self.target: torch.Tensor | None = None  # (B, Lt, S + Lt)
+        self.picked: list[torch.Tensor] = []
+        self.raw: dict[str, list[bool]] = {}  # per stack: pre-norm self-attentions reading the raw stream
+        self.blocks: dict[str, int] = {}  # per stack: blocks seen
+
+    def add(self, stack: str, stream: torch.Tensor, mixings: list[Mixing]) -> None:
+        """One block's attentions (``record_mixing``'s ``on_block``)."""
+        self.raw.setdefault(stack, []).extend(_reads_raw(mixings[0], stream))
+        self.blocks[stack] = self.blocks.get(stack, -1) + 1
+        c = block_contributions(stream.float(), mixings, f"{stack} block {self.blocks[stack]}")
+        if stack == "encoder":
+            self.source = c[0] @ self.source if self.source is not None else c[0]
+            return
+        r = c[0] @ self._start(c[0]) if self.target is None else c[0] @ self.target
+        for c_cross in c[1:]:  # (B, Lt, 1 + S): the stream's own share, then each source token's
+            assert self.source is not None, "a cross-attention without an encoder"
+            s, lt = self.source.shape[-1], r.shape[1]
+            from_source = torch.cat([self.source, self.source.new_zeros(r.shape[0], s, lt)], -1)
             r = c_cross[..., :1] * r + c_cross[..., 1:] @ from_source
-        if every_layer:
-            out.append(r)
-    return out if every_layer else [r]
+        self.target = r
+        step_rows = gather_rows(r, self.rows.to(r.device))
+        self.picked = [*self.picked, step_rows] if self.keep_all else [step_rows]
+
+    def _start(self, c: torch.Tensor) -> torch.Tensor:
+        """(B, Lt, S + Lt): each decoder row its own token's, before any block."""
+        b, lt = c.shape[:2]
+        s = 0 if self.source is None else self.source.shape[-1]
+        eye = torch.eye(lt, device=c.device)[None].expand(b, -1, -1)
+        return torch.cat([c.new_zeros(b, lt, s), eye], -1)
+
+    def check(self) -> None:
+        """A ``pre`` stack whose every self-attention read the residual stream itself is not pre-norm."""
+        for raw in self.raw.values():
+            if raw and all(raw):
+                raise ModelConformanceError(
+                    "alti_plus: every self-attention reads the residual stream itself, not a normalised copy: the "
+                    "family's norm_placement is not 'pre' (register_model_config can declare 'post', 'sandwich' "
+                    "or 'auto')."
+                )
 
 
-def stack_contributions(stack: Stack) -> list[list[torch.Tensor]]:
-    """Per block, per attention, its (B, Q, K) contributions (cross-attention: (B, Q, 1 + K))."""
-    check_pre_norm(stack)
+def _reads_raw(m: Mixing, stream: torch.Tensor) -> list[bool]:
+    """[whether a pre-norm self-attention read the stream itself] ([] for another placement)."""
+    if m.placement != "pre":
+        return []
+    return [bool(torch.allclose(m.query_input.float(), stream.float(), atol=_tolerance(stream, stream.dtype)))]
+
+
+def block_contributions(stream: torch.Tensor, mixings: list[Mixing], where: str) -> list[torch.Tensor]:
+    """One block's attentions in order: (B, Q, K) contributions (cross-attention: (B, Q, 1 + K)); ``stream``
+    (B, L, D) enters the block, each attention's output stream enters the next."""
     out = []
-    for i, (stream, attentions) in enumerate(zip(stack.inputs, stack.attentions, strict=True)):
-        per_attention = []
-        stream = stream.float()
-        for k, mixing in enumerate(attentions):
-            c, stream = contributions(mixing, stream, self_attention=k == 0, where=f"block {i}")
-            per_attention.append(c)
-        out.append(per_attention)
+    for k, mixing in enumerate(mixings):
+        c, stream = contributions(mixing, stream, self_attention=k == 0, where=where)
+        out.append(c)
     return out
 
 
@@ -209,17 +247,6 @@ def _reads(m: Mixing, expected: torch.Tensor) -> bool:
     return m.norm_io is not None and bool(
         torch.allclose(m.norm_io[0].float(), expected, atol=_tolerance(expected, m.norm_io[0].dtype))
     )
-
-
-def check_pre_norm(stack: Stack) -> None:
-    """A ``pre`` stack whose every self-attention reads the residual stream itself is not pre-norm."""
-    pre = [(x, a[0]) for x, a in zip(stack.inputs, stack.attentions, strict=True) if a[0].placement == "pre"]
-    raw = [torch.allclose(m.query_input.float(), x.float(), atol=_tolerance(x, x.dtype)) for x, m in pre]
-    if pre and all(raw):
-        raise ModelConformanceError(
-            "alti_plus: every self-attention reads the residual stream itself, not a normalised copy: the family's "
-            "norm_placement is not 'pre' (register_model_config can declare 'post', 'sandwich' or 'auto')."
-        )
 
 
 def _norm_linearisation(norm: nn.Module, u: torch.Tensor, y: torch.Tensor):

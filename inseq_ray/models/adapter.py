@@ -134,11 +134,12 @@ class ModelAdapter:
             out = model(**self._model_kwargs(inputs), output_hidden_states=True)
         return (out.decoder_hidden_states if self.is_encoder_decoder else out.hidden_states)[-1].to(self.device)
 
-    def attention_forward(self, inputs: ForwardInputs) -> Any:
-        """One forward from ids returning attention weights (model output with ``*attentions``, each layer's
-        weights and the logits on the input device)."""
+    def attention_forward(self, inputs: ForwardInputs, output_attentions: bool = True) -> Any:
+        """One eager forward from ids returning attention weights (model output with ``*attentions``, each layer's
+        weights and the logits on the input device; ``output_attentions=False``: the logits only, the weights left
+        to hooks on the attention modules)."""
         with eager_attention(self.model), self._substituted(inputs):
-            out = self.model(**self._model_kwargs(inputs), output_attentions=True)
+            out = self.model(**self._model_kwargs(inputs), output_attentions=output_attentions)
         for name in ("attentions", "decoder_attentions", "cross_attentions"):
             if getattr(out, name, None) is not None:
                 setattr(out, name, tuple(a.to(self.device) for a in getattr(out, name)))

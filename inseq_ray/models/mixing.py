@@ -1,6 +1,7 @@
 """What ALTI+ reads of one eager forward: for each attention of each block, its weights, its value vectors, its
 output, the residual stream entering it and the norm around it (where the family has one), recorded by hooks
-that exist for that forward only (removed on exit, also on error). Nothing here computes contributions.
+that exist for that forward only (removed on exit, also on error) and handed over block by block, so that only
+one block's attention weights are held at a time. Nothing here computes contributions.
 
 Where things are comes from the family table (:mod:`inseq_ray.models.families`): the attention modules and
 value projections as value zeroing finds them, the output projection (``attention_output_projection``, else the
@@ -10,7 +11,7 @@ first of :data:`OUTPUT_PROJECTIONS` the attention has) and the norm placement (`
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,13 +46,8 @@ class Mixing:
     norm_io: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
-@dataclass
-class Stack:
-    """The blocks of one transformer stack: per block its input stream (B, L, D) and its attentions in order
-    (self-attention, then cross-attention where there is one)."""
-
-    inputs: list[torch.Tensor]
-    attentions: list[list[Mixing]]
+class WeightsNotReturned(Exception):
+    """An attention module returned no weights (FSMT's and T5's, unless the forward asks for them)."""
 
 
 @dataclass(frozen=True)
@@ -70,43 +66,38 @@ def encoder_blocks(adapter: ModelAdapter) -> nn.ModuleList:
     return block_stack(adapter.model.get_encoder())
 
 
-def record_mixing(adapter: ModelAdapter, run) -> tuple[dict[str, Stack], Any]:
-    """Run ``run()`` (one eager forward returning the model output with attentions) under the recording hooks;
-    -> ({"encoder"?, "decoder"} -> Stack, the model output)."""
+def record_mixing(adapter: ModelAdapter, run, on_block: Callable[[str, torch.Tensor, list[Mixing]], None]) -> Any:
+    """Run ``run()`` (one eager forward) under the recording hooks, and after each block's forward call
+    ``on_block(stack, its input stream (B, L, D), its attentions' Mixing in order)`` (``stack``: ``"encoder"`` or
+    ``"decoder"``, in the order the model runs them); a block's records are dropped after it, so one block's
+    attention weights are held at a time. Returns ``run()``'s output. Raises :class:`WeightsNotReturned` where an
+    attention module returned no weights (run again with ``output_attentions``)."""
     stacks = {"decoder": (decoder_blocks(adapter), ("self", "cross") if adapter.is_encoder_decoder else ("self",))}
     if adapter.is_encoder_decoder:
         stacks = {"encoder": (encoder_blocks(adapter), ("self",)), **stacks}
     sites = {name: _sites(adapter, blocks, kinds) for name, (blocks, kinds) in stacks.items()}
     time_first = adapter.activation_batch_axis((type(stacks["decoder"][0][0]),)) == 1
     seen: dict[tuple[str, int], list] = {}
-    with _recording(stacks, sites, seen, time_first, adapter.device):
-        out = run()
-    weights = _weights(adapter, out)
-    result = {}
-    for name, (blocks, kinds) in stacks.items():
-        per_block = [
-            [_mixing(site, seen, next(weights[name][kind])) for kind, site in zip(kinds, row, strict=True)]
-            for row in sites[name]
-        ]
-        result[name] = Stack([seen["in", id(b)][0] for b in blocks], per_block)
-    return result, out
+
+    def done(name: str, row: list[_Site]):
+        def hook(module: nn.Module, args: tuple, output) -> None:
+            stream = seen.pop(("in", id(module)))[0]
+            mixings = [_mixing(site, seen) for site in row]
+            seen.clear()
+            on_block(name, stream, mixings)
+
+        return hook
+
+    with _recording(stacks, sites, seen, time_first, adapter.device, done):
+        return run()
 
 
-def _weights(adapter: ModelAdapter, out) -> dict[str, dict[str, Iterator[torch.Tensor]]]:
-    if adapter.is_encoder_decoder:
-        return {
-            "encoder": {"self": iter(out.encoder_attentions)},
-            "decoder": {"self": iter(out.decoder_attentions), "cross": iter(out.cross_attentions)},
-        }
-    return {"decoder": {"self": iter(out.attentions)}}
-
-
-def _mixing(site: _Site, seen: dict[tuple[str, int], list], weights: torch.Tensor) -> Mixing:
+def _mixing(site: _Site, seen: dict[tuple[str, int], list]) -> Mixing:
     values = seen["out", id(site.values.module)][0]
     cols = site.values.columns(range(site.values.n_heads)).to(values.device)
     b, k = values.shape[:2]
     per_head = values[..., cols].view(b, k, site.values.n_heads, site.values.head_dim)
-    output = seen["out", id(site.attention)][0]
+    output, weights = seen["out", id(site.attention)]
     if weights.dim() != 4 or weights.shape[-1] != k or weights.shape[-2] != output.shape[1]:
         raise ModelConformanceError(
             f"alti_plus: {type(site.attention).__name__} reports attention weights of shape {tuple(weights.shape)}, "
@@ -166,7 +157,7 @@ def _out_proj(adapter: ModelAdapter, attention: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _recording(stacks: dict, sites: dict, seen: dict, time_first: bool, device: torch.device) -> Iterator[None]:
+def _recording(stacks: dict, sites: dict, seen: dict, time_first: bool, device: torch.device, done) -> Iterator[None]:
     """Hooks recording block inputs, value projections' and attentions' outputs and norms' (input, output), each
     batch-first on the input device (blocks of a model spread over devices run elsewhere)."""
 
@@ -181,6 +172,12 @@ def _recording(stacks: dict, sites: dict, seen: dict, time_first: bool, device: 
         first = output[0] if isinstance(output, tuple) else output
         seen["out", id(module)] = [batch_first(first).detach()]
 
+    def attention_hook(module, args, output):
+        weights = next((t for t in (output[1:] if isinstance(output, tuple) else ()) if _probabilities(t)), None)
+        if weights is None:
+            raise WeightsNotReturned(type(module).__name__)
+        seen["out", id(module)] = [batch_first(output[0]).detach(), weights.detach().to(device)]
+
     def norm_hook(module, args, output):
         seen["norm", id(module)] = [batch_first(args[0]).detach(), batch_first(output).detach()]
 
@@ -189,13 +186,23 @@ def _recording(stacks: dict, sites: dict, seen: dict, time_first: bool, device: 
         for name, (blocks, _) in stacks.items():
             for block, row in zip(blocks, sites[name], strict=True):
                 handles.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))
+                handles.append(block.register_forward_hook(done(name, row)))
                 for site in row:
                     handles.append(site.values.module.register_forward_hook(out_hook))
                     handles.append(site.attention.register_forward_pre_hook(pre_hook, with_kwargs=True))
-                    handles.append(site.attention.register_forward_hook(out_hook))
+                    handles.append(site.attention.register_forward_hook(attention_hook))
                     if site.norm is not None:
                         handles.append(site.norm.register_forward_hook(norm_hook))
         yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _probabilities(x: object) -> bool:
+    """Whether ``x`` is attention weights (B, H, Q, K): rows of probabilities (T5's attention also returns its
+    position bias, of the same shape)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        return False
+    rows = x.detach().float().sum(-1)
+    return bool((x.detach() >= 0).all() and torch.allclose(rows, torch.ones_like(rows), atol=1e-2))
