@@ -46,6 +46,11 @@ class ModelConformanceError(ValueError):
     """The attribution forward of a model would not equal the model's own forward from ids."""
 
 
+class WeightsNotReturned(Exception):
+    """An attention module returned no weights (FSMT's and T5's, unless the forward asks for them): ALTI+ runs
+    the forward again with ``output_attentions``."""
+
+
 class UnsafeKeyError(ValueError):
     """A storage key part that could escape its prefix or is not portable."""
 

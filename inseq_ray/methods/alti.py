@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from inseq_ray.engine import MethodContext, MethodResult
-from inseq_ray.errors import ModelConformanceError
-from inseq_ray.models.mixing import Mixing, WeightsNotReturned, record_mixing
+from inseq_ray.errors import ModelConformanceError, WeightsNotReturned
+from inseq_ray.models.mixing import Mixing, record_mixing
 from inseq_ray.rows import gather_rows
 
 CHUNK_ELEMENTS = 2**25  # B x q x K x D elements of T per query chunk (128 MiB in float32)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from inseq_ray.errors import ModelConformanceError
+from inseq_ray.errors import ModelConformanceError, WeightsNotReturned
 from inseq_ray.models.adapter import ModelAdapter
 from inseq_ray.models.values import ValueSite, block_stack, decoder_blocks, value_sites
 
@@ -44,10 +44,6 @@ class Mixing:
     placement: str
     norm: nn.Module | None = None
     norm_io: tuple[torch.Tensor, torch.Tensor] | None = None
-
-
-class WeightsNotReturned(Exception):
-    """An attention module returned no weights (FSMT's and T5's, unless the forward asks for them)."""
 
 
 @dataclass(frozen=True)
