@@ -95,3 +95,15 @@ def test_a_projection_without_a_readable_weight_gives_the_same_shares(model_dir,
     for a, b in zip(fast, called, strict=True):
         assert torch.allclose(a.source_attributions, b.source_attributions, atol=1e-6)
         assert torch.allclose(a.target_attributions, b.target_attributions, atol=1e-6, equal_nan=True)
+
+
+def test_an_attention_that_never_returns_its_weights_is_refused(model_dir, monkeypatch):
+    from inseq_ray.models import mixing
+
+    am = inseq_ray.load_model(model_dir["gpt2"], device="cpu")
+    am.attribute(SOURCES[0], SOURCES[0] + " and more", method="attention", show_progress=False)
+    before = _hooks(am.model)
+    monkeypatch.setattr(mixing, "_probabilities", lambda x: False)  # as a module returning no weights would
+    with pytest.raises(ModelConformanceError, match="returns no attention weights, even with output_attentions"):
+        am.attribute(SOURCES[0], SOURCES[0] + " and more", method="alti_plus", show_progress=False)
+    assert _hooks(am.model) == before

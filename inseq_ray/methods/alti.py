@@ -45,7 +45,7 @@ def alti_plus(ctx: MethodContext, keep_all: bool = False) -> MethodResult:
         except WeightsNotReturned:  # FSMT's and T5's attentions return weights only when asked: found once per model
             _ASK_WEIGHTS[adapter.model] = True
             roll = Rollout(rows, keep_all)
-            out = record_mixing(adapter, lambda: _forward(ctx, True), roll.add)
+            out = _asked(adapter, lambda: _forward(ctx, True), roll.add)
         ctx.cache_input_logits(out.logits)
     roll.check()
     picked = torch.stack(roll.picked, -1).permute(1, 0, 2, 3)  # (T, B, N, l)
@@ -57,6 +57,16 @@ def alti_plus(ctx: MethodContext, keep_all: bool = False) -> MethodResult:
 
 
 _ASK_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its attentions need output_attentions
+
+
+def _asked(adapter, run, on_block):
+    """``record_mixing`` on a forward that asked for the weights: an attention returning none now is refused."""
+    try:
+        return record_mixing(adapter, run, on_block)
+    except WeightsNotReturned as e:
+        raise ModelConformanceError(
+            f"alti_plus: {e} returns no attention weights, even with output_attentions=True; ALTI+ needs them."
+        ) from e
 
 
 def _forward(ctx: MethodContext, output_attentions: bool):
