@@ -187,6 +187,8 @@ def attnlrp(ctx: MethodContext) -> MethodResult:
         try:
             with attnlrp_rules(model) as calls:
                 grads = ctx.run(ctx.attributed_embeds(), 1, lambda name, g: g, at_input=True)
+        except torch.OutOfMemoryError:  # the engine halves the batch: says nothing about the family
+            raise
         except Exception:
             if calls[0]:
                 raise
