@@ -98,9 +98,8 @@ class Rollout:
         r = c[0] @ self._start(c[0]) if self.target is None else c[0] @ self.target
         for c_cross in c[1:]:  # (B, Lt, 1 + S): the stream's own share, then each source token's
             assert self.source is not None, "a cross-attention without an encoder"
-            s, lt = self.source.shape[-1], r.shape[1]
-            from_source = torch.cat([self.source, self.source.new_zeros(r.shape[0], s, lt)], -1)
-            r = c_cross[..., :1] * r + c_cross[..., 1:] @ from_source
+            r = c_cross[..., :1] * r
+            r[..., : self.source.shape[-1]] += c_cross[..., 1:] @ self.source
         self.target = r
         step_rows = gather_rows(r, self.rows.to(r.device))
         self.picked = [*self.picked, step_rows] if self.keep_all else [step_rows]
@@ -125,9 +124,12 @@ class Rollout:
 
 def _reads_raw(m: Mixing, stream: torch.Tensor) -> list[bool]:
     """[whether a pre-norm self-attention read the stream itself] ([] for another placement)."""
-    if m.placement != "pre":
-        return []
-    return [bool(torch.allclose(m.query_input.float(), stream.float(), atol=_tolerance(stream, stream.dtype)))]
+    return [_reads_stream(m, stream.float())] if m.placement == "pre" else []
+
+
+def _reads_stream(m: Mixing, stream: torch.Tensor) -> bool:
+    """Whether the attention was given the residual stream (B, Q, D) itself, not a normalised copy."""
+    return bool(torch.allclose(m.query_input.float(), stream, atol=_tolerance(stream, m.query_input.dtype)))
 
 
 def block_contributions(stream: torch.Tensor, mixings: list[Mixing], where: str) -> list[torch.Tensor]:
@@ -143,12 +145,12 @@ def block_contributions(stream: torch.Tensor, mixings: list[Mixing], where: str)
 def contributions(m: Mixing, stream: torch.Tensor, self_attention: bool, where: str) -> tuple:
     """-> ((B, Q, K) shares of each key, or (B, Q, 1 + K) with the stream's first for cross-attention; (B, Q, D)
     the stream after the attention). ``stream`` (B, Q, D) enters it."""
-    output = _attention_output(m, stream, where)  # (B, Q, D) the attention's own output, checked
+    heads = head_outputs(m)  # (B, K, H, D)
+    output = _attention_output(m, heads, stream, where)  # (B, Q, D) the attention's own output, checked
     shift, after = _linearised_norm(m, stream, output, where)
     b, q, k = m.weights.shape[0], m.weights.shape[2], m.weights.shape[3]
     shares = torch.zeros(b, q, k + (0 if self_attention else 1), device=stream.device)
     chunk = max(1, CHUNK_ELEMENTS // max(1, b * k * stream.shape[-1]))
-    heads = head_outputs(m)  # (B, K, H, D)
     for start in range(0, q, chunk):
         rows = slice(start, min(q, start + chunk))
         z = shift(transformed(m.weights[:, :, rows], heads), rows)  # (B, q, K, D)
@@ -206,11 +208,12 @@ def _project(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return module(x.to(dtype)).float().to(x.device)
 
 
-def _attention_output(m: Mixing, stream: torch.Tensor, where: str) -> torch.Tensor:
-    """(B, Q, D) the attention's output, checked against ``sum_j T_i(j) + b``; a module that adds the stream
-    itself (Bloom's) has it taken off."""
-    context = torch.einsum("bhqk,bkhd->bqhd", m.weights.float(), _per_head(m)).flatten(-2)  # (B, Q, H dh)
-    rebuilt = _project(m.out_proj, context)  # (B, Q, D), bias included
+def _attention_output(m: Mixing, heads: torch.Tensor, stream: torch.Tensor, where: str) -> torch.Tensor:
+    """(B, Q, D) the attention's output, checked against the decomposition ``sum_j T_i(j) + b`` (``heads``:
+    (B, K, H, D) from :func:`head_outputs`); a module that adds the stream itself (Bloom's) has it taken off."""
+    width = m.weights.shape[1] * m.values.shape[-1]  # H x dh, the projection's input
+    bias = _project(m.out_proj, heads.new_zeros(1, 1, width))  # (1, 1, D)
+    rebuilt = torch.einsum("bhqk,bkhd->bqd", m.weights.float(), heads) + bias  # (B, Q, D)
     output = m.output.float()
     tol = _tolerance(output, m.output.dtype)
     if (rebuilt - output).abs().max() <= tol:
@@ -232,7 +235,7 @@ def _tolerance(x: torch.Tensor, dtype: torch.dtype) -> float:
 def _linearised_norm(m: Mixing, stream: torch.Tensor, output: torch.Tensor, where: str):
     """(shift, after): ``shift(z, rows)`` maps contribution vectors (B, q, ..., D) of rows ``rows``
     through the norm with each row's scale fixed; ``after`` (B, Q, D) is the stream after the attention."""
-    raw = bool(torch.allclose(m.query_input.float(), stream, atol=_tolerance(stream, m.query_input.dtype)))
+    raw = _reads_stream(m, stream)
     if m.placement == "pre" or (m.placement == "auto" and not (raw and _reads(m, stream + output))):
         return (lambda z, rows: z), stream + output
     assert m.norm is not None and m.norm_io is not None
