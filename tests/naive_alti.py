@@ -9,8 +9,6 @@ residual itself), a LayerNorm linearised from its parameters, an RMS norm by its
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 
@@ -108,10 +106,11 @@ def _without(am, run, block, module, kind, j) -> torch.Tensor:
     """(Q, D) the module's output with token j's values zeroed."""
     family = am.model.config.get_text_config().model_type
     zero_module, hook = _value_zeroer(am.model, block, kind, j, None)
-    with contextlib.ExitStack() as stack:
-        handle = zero_module.register_forward_hook(hook)
-        stack.callback(handle.remove)
+    handle = zero_module.register_forward_hook(hook)
+    try:
         return _captured(family, run, block, [module])[1]
+    finally:
+        handle.remove()
 
 
 def _shares(am, family, block: nn.Module, kind: str, stream, a, t) -> tuple[torch.Tensor, torch.Tensor]:
