@@ -186,7 +186,7 @@ def attnlrp(ctx: MethodContext) -> MethodResult:
         calls = [0]
         try:
             with attnlrp_rules(model) as calls:
-                grads = ctx.run(ctx.attributed_embeds(), 1, lambda name, g: g, at_input=True)
+                result = _relevance(ctx)
         except torch.OutOfMemoryError:  # the engine halves the batch: says nothing about the family
             raise
         except Exception:
@@ -194,16 +194,22 @@ def attnlrp(ctx: MethodContext) -> MethodResult:
                 raise
         if calls[0]:  # the family branched on the attention setting itself (and failed, or ran without it) if 0
             _RULE_SITE[model] = "interface"
-            return MethodResult({k: g * ctx.embeds[k].float()[None] for k, g in grads.items()})
+            return result
         _RULE_SITE[model] = "projections"
-    with projection_rules(model, fused_value_sites(ctx.adapter)) as calls:
-        grads = ctx.run(ctx.attributed_embeds(), 1, lambda name, g: g, at_input=True)
+    with rules_for(ctx.adapter) as calls:
+        result = _relevance(ctx)
     if calls[0] == 0:
         raise ModelConformanceError(
             f"attnlrp: {type(model).__name__}'s attention neither goes through transformers' attention interface "
             "nor has q/k/v projections this method knows (q_proj/k_proj/v_proj, query/key/value, or a fused one in "
             "the family table), so the attention rule cannot be applied."
         )
+    return result
+
+
+def _relevance(ctx: MethodContext) -> MethodResult:
+    """x * d f_t / d x per attributed side, under whatever rules are installed."""
+    grads = ctx.run(ctx.attributed_embeds(), 1, lambda name, g: g, at_input=True)
     return MethodResult({k: g * ctx.embeds[k].float()[None] for k, g in grads.items()})
 
 
