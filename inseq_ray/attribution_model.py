@@ -50,10 +50,6 @@ class AttributionModel(TokenHelpers):
         self.max_length = loading.max_input_length(model, tokenizer)
 
     @property
-    def model_name(self) -> str:
-        return str(self.model.config.name_or_path or type(self.model).__name__)
-
-    @property
     def device(self) -> torch.device:
         return self.adapter.device
 

@@ -1,6 +1,6 @@
-"""Inseq's token helpers on a loaded model (``model.convert_ids_to_tokens``, ``model.bos_token``, ...), with Inseq
-0.7.1's semantics: a mixin of :class:`inseq_ray.attribution_model.AttributionModel`, reading only its
-``model`` and ``tokenizer``. The BOS of an encoder-decoder is its decoder start token, as in Inseq."""
+"""Inseq's token helpers and names on a loaded model (``model.convert_ids_to_tokens``, ``model.bos_token``,
+``model.model_name``, ...), with Inseq 0.7.1's semantics: a mixin of
+:class:`inseq_ray.attribution_model.AttributionModel`, reading only its ``model`` and ``tokenizer``. The BOS of an encoder-decoder is its decoder start token, as in Inseq."""
 
 from __future__ import annotations
 
@@ -54,9 +54,13 @@ class TokenHelpers:
         return getattr(self.model, "hf_device_map", None)
 
     @property
+    def model_name(self) -> str:
+        return str(self.model.config.name_or_path or type(self.model).__name__)
+
+    @property
     def info(self) -> dict[str, Any]:
         return {
-            "model_name": str(self.model.config.name_or_path or type(self.model).__name__),
+            "model_name": self.model_name,
             "model_class": type(self.model).__name__,
             "tokenizer_name": self.tokenizer_name,
             "tokenizer_class": type(self.tokenizer).__name__,
