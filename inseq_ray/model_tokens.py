@@ -1,6 +1,7 @@
 """Inseq's token helpers and names on a loaded model (``model.convert_ids_to_tokens``, ``model.bos_token``,
 ``model.model_name``, ...), with Inseq 0.7.1's semantics: a mixin of
-:class:`inseq_ray.attribution_model.AttributionModel`, reading only its ``model`` and ``tokenizer``. The BOS of an encoder-decoder is its decoder start token, as in Inseq."""
+:class:`inseq_ray.attribution_model.AttributionModel`, reading only its ``model`` and ``tokenizer``. The BOS of
+an encoder-decoder is its decoder start token, as in Inseq."""
 
 from __future__ import annotations
 
